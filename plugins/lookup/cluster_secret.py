@@ -1,0 +1,96 @@
+"""Lookup plugin: one way for every role to read a secret, whatever backs it."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: cluster_secret
+short_description: Read a cluster secret from the configured backend
+description:
+  - Roles read every secret (API keys, LUKS keys, passwords) with this lookup, so the
+    backend can move from an ansible-vault file to HashiCorp Vault without touching a role.
+  - With C(cluster_secrets_backend=ansible_vault) (the default) the secret is the key NAME of
+    the C(cluster_secrets) variable, which lives in a vault-encrypted group_vars file.
+  - With C(cluster_secrets_backend=hashi_vault) the secret is the C(value) field of the KV v2
+    entry C(<cluster_secrets_hashi_vault_prefix>/NAME) in the mount
+    C(cluster_secrets_hashi_vault_mount), read with community.hashi_vault (connection
+    settings from the usual VAULT_ADDR / VAULT_TOKEN environment or the
+    C(cluster_secrets_hashi_vault_options) dict).
+options:
+  _terms:
+    description: Secret names.
+    required: true
+  default:
+    description: Value returned when the secret does not exist (otherwise that is an error).
+"""
+
+EXAMPLES = r"""
+- name: Read the API keys the edge accepts
+  ansible.builtin.set_fact:
+    __edge_api_keys: "{{ lookup('cluster_secret', 'edge_api_keys') }}"
+  no_log: true
+"""
+
+RETURN = r"""
+_raw:
+  description: The secret values, in the order of the names.
+  type: list
+"""
+
+from typing import Any
+
+from ansible.errors import AnsibleError
+from ansible.plugins.loader import lookup_loader
+from ansible.plugins.lookup import LookupBase
+
+BACKENDS = ("ansible_vault", "hashi_vault")
+_MISSING = object()
+
+
+class LookupModule(LookupBase):
+    def run(self, terms: list[str], variables: dict[str, Any] | None = None, **kwargs: Any) -> list[Any]:
+        variables = variables or {}
+        self.set_options(var_options=variables, direct=kwargs)
+        default = self.get_option("default") if "default" in kwargs else _MISSING
+        backend = self._var(variables, "cluster_secrets_backend", "ansible_vault")
+        if backend not in BACKENDS:
+            raise AnsibleError(f"cluster_secrets_backend is '{backend}'; it must be one of {', '.join(BACKENDS)}")
+        reader = self._from_vault_file if backend == "ansible_vault" else self._from_hashi_vault
+        return [reader(str(name), variables, default) for name in terms]
+
+    def _var(self, variables: dict[str, Any], name: str, fallback: Any = None) -> Any:
+        if name not in variables:
+            return fallback
+        return self._templar.template(variables[name])
+
+    def _from_vault_file(self, name: str, variables: dict[str, Any], default: Any) -> Any:
+        store = self._var(variables, "cluster_secrets", {}) or {}
+        if not isinstance(store, dict):
+            raise AnsibleError("cluster_secrets must be a mapping of secret names to values")
+        if name in store:
+            return store[name]
+        if default is not _MISSING:
+            return default
+        raise AnsibleError(
+            f"secret '{name}' is not in cluster_secrets. Add it to the inventory's vault-encrypted "
+            f"file (`ansible-vault edit inventories/<site>/group_vars/all/secrets.vault.yml`), "
+            f"or for the lab run `scripts/lab up`, which generates missing lab secrets."
+        )
+
+    def _from_hashi_vault(self, name: str, variables: dict[str, Any], default: Any) -> Any:
+        mount = self._var(variables, "cluster_secrets_hashi_vault_mount", "secret")
+        prefix = self._var(variables, "cluster_secrets_hashi_vault_prefix", "llm-cluster")
+        options = dict(self._var(variables, "cluster_secrets_hashi_vault_options", {}) or {})
+        path = f"{prefix}/{name}" if prefix else name
+        reader = lookup_loader.get("community.hashi_vault.vault_kv2_get", loader=self._loader, templar=self._templar)
+        if reader is None:
+            raise AnsibleError("cluster_secrets_backend=hashi_vault needs the community.hashi_vault collection")
+        try:
+            result = reader.run([path], variables=variables, engine_mount_point=mount, **options)[0]
+        except AnsibleError as exc:
+            if default is not _MISSING and "not found" in str(exc).lower():
+                return default
+            raise AnsibleError(f"secret '{name}': reading {mount}/{path} from Vault failed: {exc}") from exc
+        data = result.get("secret", {})
+        if "value" not in data:
+            raise AnsibleError(f"secret '{name}': Vault entry {mount}/{path} has no 'value' field")
+        return data["value"]

@@ -1,0 +1,1 @@
+"""The local lab: Docker engine, locally built images, and a small site of systemd hosts."""

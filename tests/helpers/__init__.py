@@ -1,0 +1,1 @@
+"""Helpers shared by the molecule verifiers and the lab tests."""

@@ -1,0 +1,109 @@
+"""The lab suite: the whole site on the lab, converged once per session, then tested.
+
+Order matters and follows file names: test_00_site.py checks what the converge itself
+reported (check mode on fresh hosts, failed=0, a second run with changed=0); layer tests
+(test_10_base.py, ...) assert behaviour on the converged lab; test_90_drift.py tampers
+with hosts and must run last.
+
+Environment:
+  LAB_KEEP=1      leave the lab running afterwards (default: `scripts/lab down` at the end)
+  LAB_REUSE=1     use a running, already converged lab as it is (skip the converges)
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from labkit import topology  # noqa: E402
+from tests.helpers.ansible_run import PlaybookRun, run_playbook  # noqa: E402
+
+INVENTORY = ROOT / "inventories" / "lab"
+SITE = ROOT / "playbooks" / "site.yml"
+VAULT_PASS = ROOT / ".lab" / "vault-pass"
+SSH_KEY = ROOT / ".lab" / "ssh" / "id_ed25519"
+
+
+@dataclass
+class Lab:
+    topo: topology.Topology
+    fresh: bool
+    runs: dict[str, PlaybookRun] = field(default_factory=dict)
+
+    def address(self, host: str) -> str:
+        return next(h.address for h in self.topo.hosts if h.name == host)
+
+    def hosts(self, group: str | None = None) -> list[str]:
+        return [h.name for h in self.topo.hosts if group is None or group in h.groups]
+
+    def playbook(self, *args: str, playbook: Path = SITE, env: dict[str, str] | None = None) -> PlaybookRun:
+        """ansible-playbook against the lab inventory (JSON results)."""
+        return run_playbook(playbook, INVENTORY, "--vault-password-file", str(VAULT_PASS), *args, env=env)
+
+    def exec(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """A root shell command on a lab host, through Docker (not through the firewall)."""
+        proc = subprocess.run(
+            ["docker", "exec", self.topo.container(host), "sh", "-c", command],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{host}: `{command}` exited {proc.returncode}: {proc.stderr or proc.stdout}")
+        return proc
+
+    def ssh(self, host: str, command: str, user: str = "labadmin", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """A command over real SSH from the controller, as an administrator."""
+        argv = [
+            "ssh", "-i", str(SSH_KEY), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            f"{user}@{self.address(host)}", command,
+        ]  # fmt: skip
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+
+
+def _lab_cli(*args: str) -> None:
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "lab"), *args], check=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    """The running lab; created fresh unless LAB_REUSE=1."""
+    reuse = os.environ.get("LAB_REUSE") == "1"
+    if not reuse:
+        _lab_cli("down")
+    _lab_cli("up")
+    topo = topology.load(INVENTORY / "topology.yml")
+    yield Lab(topo=topo, fresh=not reuse)
+    if os.environ.get("LAB_KEEP") != "1" and not reuse:
+        _lab_cli("down")
+
+
+@pytest.fixture(scope="session")
+def converged(lab: Lab) -> Lab:
+    """The lab after `site.yml` ran: check mode on the fresh hosts, a converge, a second run."""
+    if lab.fresh:
+        lab.runs["check_fresh"] = lab.playbook("--check")
+        lab.runs["converge"] = lab.playbook()
+        assert lab.runs["converge"].rc == 0, _summary(lab.runs["converge"])
+        lab.runs["second"] = lab.playbook()
+    return lab
+
+
+def _summary(run: PlaybookRun) -> str:
+    return f"rc={run.rc} failures={run.failures()}\nstderr tail:\n{run.stderr[-3000:]}"
+
+
+def quote(s: str) -> str:
+    return shlex.quote(s)

@@ -1,0 +1,42 @@
+"""Drift: a manual change shows in `--check --diff` exactly, and a per-role run repairs it.
+
+Runs last: it changes hosts by hand.
+"""
+
+from __future__ import annotations
+
+from conftest import Lab, _summary
+
+SYSCTL_FILE = "/etc/sysctl.d/60-cluster-tuning.conf"
+SYSCTL_TASK = "os_tuning : OS tuning | Kernel settings (sysctl)"
+SSHD_TASK = "ssh_hardening : SSH hardening | sshd configuration, tested by sshd before it replaces the old one"
+SSHD_HANDLER = "ssh_hardening : Reload sshd"
+
+
+def test_check_diff_reports_exactly_the_drift_and_tags_repair_it(converged: Lab):
+    gpu, edge = converged.hosts("gpu_nodes")[0], converged.hosts("edge")[0]
+    converged.exec(gpu, f"sed -i 's/^vm.swappiness = 1$/vm.swappiness = 60/' {SYSCTL_FILE}")
+    converged.exec(edge, "sed -i 's/^MaxAuthTries 3$/MaxAuthTries 6/' /etc/ssh/sshd_config")
+
+    check = converged.playbook("--check", "--diff")
+    assert check.rc == 0, _summary(check)
+    changed = check.changed_tasks()
+    assert set(changed) == {gpu, edge}, changed
+    assert changed[gpu] == [SYSCTL_TASK]
+    assert SSHD_TASK in changed[edge] and set(changed[edge]) <= {SSHD_TASK, SSHD_HANDLER}
+    # Check mode changed nothing.
+    assert "vm.swappiness = 60" in converged.exec(gpu, f"cat {SYSCTL_FILE}").stdout
+
+    fix_sysctl = converged.playbook("--tags", "os_tuning", "--limit", gpu)
+    fix_sshd = converged.playbook("--tags", "ssh_hardening", "--limit", edge)
+    assert fix_sysctl.rc == 0 and fix_sshd.rc == 0, _summary(fix_sysctl) + _summary(fix_sshd)
+    assert fix_sysctl.changed_tasks() == {gpu: [SYSCTL_TASK]}
+    assert SSHD_TASK in fix_sshd.changed_tasks()[edge]
+
+    assert "vm.swappiness = 1" in converged.exec(gpu, f"cat {SYSCTL_FILE}").stdout.splitlines()
+    assert "MaxAuthTries 3" in converged.exec(edge, "cat /etc/ssh/sshd_config").stdout.splitlines()
+    effective = converged.exec(edge, "sshd -T -C user=labadmin,host=x,addr=127.0.0.1").stdout
+    assert "maxauthtries 3" in effective.splitlines()
+
+    after = converged.playbook("--check")
+    assert after.rc == 0 and after.changed_tasks() == {}, after.changed_tasks()
