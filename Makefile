@@ -11,6 +11,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_VAULT   := $(CURDIR)/.lab/vault-pass
 SITE        := ansible-playbook playbooks/site.yml -i inventories/lab --vault-password-file $(LAB_VAULT)
 # Molecule scenarios to run (default: every directory under molecule/).
+PY_SOURCES  := scripts plugins tests molecule scripts/lab scripts/run-scenarios scripts/role-docs tests/doubles/trtllm-standin/trtllm-serve
 SCENARIOS   ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
 .PHONY: help venv lint unit molecule lab-test test lab lab-up lab-converge lab-down images bench requirements clean
@@ -35,8 +36,8 @@ requirements: ## Re-pin requirements.txt (with hashes) from requirements.in
 lint: venv ## yamllint, ansible-lint (production profile), ruff
 	yamllint --strict .
 	ansible-lint --offline
-	ruff check scripts plugins tests molecule
-	ruff format --check scripts plugins tests molecule
+	ruff check $(PY_SOURCES)
+	ruff format --check $(PY_SOURCES)
 
 unit: venv ## pytest: plugins, scripts, and the broken-inventory set
 	pytest -q tests/unit tests/preflight

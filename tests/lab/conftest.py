@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from labkit import topology  # noqa: E402
+
 from tests.helpers.ansible_run import PlaybookRun, run_playbook  # noqa: E402
 
 INVENTORY = ROOT / "inventories" / "lab"
@@ -63,7 +64,9 @@ class Lab:
             raise AssertionError(f"{host}: `{command}` exited {proc.returncode}: {proc.stderr or proc.stdout}")
         return proc
 
-    def ssh(self, host: str, command: str, user: str = "labadmin", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def ssh(
+        self, host: str, command: str, user: str = "labadmin", timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """A command over real SSH from the controller, as an administrator."""
         argv = [
             "ssh", "-i", str(SSH_KEY), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",

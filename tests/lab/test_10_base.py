@@ -18,7 +18,10 @@ def test_password_and_root_logins_refused_everywhere(converged: Lab):
     for host in converged.hosts():
         argv_user = converged.ssh(host, "true", user="root")
         assert argv_user.returncode != 0, f"{host}: root login accepted"
-        out = converged.exec(host, "sshd -T -C user=labadmin,host=x,addr=127.0.0.1 | grep -E '^(passwordauthentication|permitrootlogin) '")
+        out = converged.exec(
+            host,
+            "sshd -T -C user=labadmin,host=x,addr=127.0.0.1 | grep -E '^(passwordauthentication|permitrootlogin) '",
+        )
         assert sorted(out.stdout.split("\n")[:2]) == ["passwordauthentication no", "permitrootlogin no"], host
 
 

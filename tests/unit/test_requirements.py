@@ -32,4 +32,6 @@ def test_galaxy_requirements_match_the_installed_collections():
         for name, info in collections.items():
             installed.setdefault(name, info["version"])
     for name, version in wanted.items():
-        assert installed.get(name) == version, f"{name}: requirements.yml says {version}, installed {installed.get(name)}"
+        assert installed.get(name) == version, (
+            f"{name}: requirements.yml says {version}, installed {installed.get(name)}"
+        )

@@ -49,5 +49,7 @@ def test_every_option_has_a_type_and_description(role: Path):
 
 
 def test_role_readmes_are_generated_from_the_specs():
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "role-docs"), "--check"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "role-docs"), "--check"], check=False, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr

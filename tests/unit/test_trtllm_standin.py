@@ -1,0 +1,124 @@
+"""The trtllm-serve test double keeps the HTTP contract the serving, edge and monitoring tests rely on."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+STANDIN = Path(__file__).resolve().parents[1] / "doubles" / "trtllm-standin" / "trtllm-serve"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def standin(tmp_path):
+    def start(settings: dict | None = None, **env: str):
+        model = tmp_path / "tiny-model"
+        model.mkdir(exist_ok=True)
+        if settings:
+            (model / "standin.json").write_text(json.dumps(settings))
+        port = _free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(STANDIN),
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend",
+                "pytorch",
+            ],
+            env={"STANDIN_READY_AFTER_S": "0", "STANDIN_TOKEN_DELAY_MS": "1", **env},
+            stdout=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return f"http://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("stand-in did not start")
+
+    procs: list[subprocess.Popen] = []
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _post(url: str, body: dict) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_health_models_and_a_chat_completion(standin):
+    base = standin()
+    assert _get(base + "/health")[0] == 200
+    assert _get(base + "/health_generate")[0] == 200
+    models = json.loads(_get(base + "/v1/models")[1])
+    assert models["data"][0]["id"] == "tiny-model"
+    status, body = _post(base + "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+    answer = json.loads(body)
+    assert status == 200 and answer["choices"][0]["message"]["content"].startswith("[standin v1]")
+
+
+def test_stream_arrives_token_by_token_and_ends_with_done(standin):
+    base = standin(STANDIN_TOKENS="5")
+    req = urllib.request.Request(
+        base + "/v1/chat/completions", data=json.dumps({"stream": True, "messages": []}).encode()
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        events = [line for line in resp.read().decode().split("\n\n") if line]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    assert len(chunks) == 5 and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_never_ready_release_fails_readiness(standin):
+    base = standin({"never_ready": True, "version": "v3"})
+    assert _get(base + "/health")[0] == 503
+    assert _post(base + "/v1/chat/completions", {"messages": []})[0] == 503
+
+
+def test_error_rate_is_exact_and_evenly_spread(standin):
+    base = standin(STANDIN_ERROR_RATE="0.25")
+    codes = [_post(base + "/v1/completions", {"prompt": "x"})[0] for _ in range(8)]
+    assert codes.count(500) == 2 and codes != sorted(codes)
+
+
+def test_metrics_count_generations(standin):
+    base = standin()
+    for _ in range(3):
+        _post(base + "/v1/chat/completions", {"messages": []})
+    text = _get(base + "/prometheus/metrics")[1].decode()
+    assert 'trtllm_e2e_request_latency_seconds_count{model_name="tiny-model",engine_type="trtllm"} 3' in text
+    assert "trtllm_time_to_first_token_seconds_bucket" in text
