@@ -13,6 +13,7 @@ All problems are reported together, each naming the host, the variable and the f
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ MAGIC_NAMES = frozenset(
 )
 SIMILARITY = 0.82
 _DOC_KEYS = ("description", "version_added")
+_HOST_MESSAGE = re.compile(r"^host (\S+): (.*)$", re.S)
 
 
 def load_role_specs(roles_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -161,6 +163,28 @@ def check_services(services: Any, groups: Mapping[str, list[str]]) -> list[str]:
     return errors
 
 
+def merge_host_messages(errors: list[str]) -> list[str]:
+    """'host a: X' and 'host b: X' become 'hosts a, b: X' (group_vars mistakes repeat per host)."""
+    hosts_by_message: dict[str, list[str]] = {}
+    order: list[str] = []
+    for error in errors:
+        match = _HOST_MESSAGE.match(error)
+        host, key = (match.group(1), match.group(2)) if match else ("", error)
+        if key not in hosts_by_message:
+            hosts_by_message[key] = []
+            order.append(key)
+        if host:
+            hosts_by_message[key].append(host)
+    out = []
+    for key in order:
+        hosts = hosts_by_message[key]
+        if not hosts:
+            out.append(key)
+        else:
+            out.append(f"{'host' if len(hosts) == 1 else 'hosts'} {', '.join(hosts)}: {key}")
+    return out
+
+
 def check_host_variables(
     host: str,
     hostvars: Mapping[str, Any],
@@ -204,7 +228,7 @@ def check_host_variables(
 
 
 def _hint(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
     return f"; did you mean {close[0]}?" if close else "; see the role's README for its variables"
 
 
@@ -231,9 +255,10 @@ class ActionModule(ActionBase):
         for host in sorted(groups.get("all", [])):
             host_vars = hostvars[host]
             errors += check_host_variables(host, host_vars, role_specs, cluster_spec, removed)
-            if host_vars.get("ansible_connection", "ssh") not in ("local", "community.docker.docker", "docker"):
+            if host_vars.get("ansible_connection", "ssh") != "local":
                 addresses[host] = str(host_vars.get("ansible_host", host))
         errors += check_addresses(addresses)
+        errors = merge_host_messages(errors)
         result["changed"] = False
         result["problems"] = errors
         if errors:

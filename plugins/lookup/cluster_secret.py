@@ -49,8 +49,7 @@ _MISSING = object()
 class LookupModule(LookupBase):
     def run(self, terms: list[str], variables: dict[str, Any] | None = None, **kwargs: Any) -> list[Any]:
         variables = variables or {}
-        self.set_options(var_options=variables, direct=kwargs)
-        default = self.get_option("default") if "default" in kwargs else _MISSING
+        default = kwargs.get("default", _MISSING)
         backend = self._var(variables, "cluster_secrets_backend", "ansible_vault")
         if backend not in BACKENDS:
             raise AnsibleError(f"cluster_secrets_backend is '{backend}'; it must be one of {', '.join(BACKENDS)}")

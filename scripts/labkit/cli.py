@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from . import engine, images, progress, secrets, topology
 from .shell import LabError, ok, run
 
@@ -246,6 +248,28 @@ def cmd_down(_: argparse.Namespace) -> None:
     shutil.rmtree(ROOT / ".cache" / "facts", ignore_errors=True)
 
 
+# Services worth a URL in the summary, and how to show them.
+SUMMARY_URLS = {"https": "https://{addr}/v1/chat/completions", "prometheus": "http://{addr}:{port}/",
+                "alertmanager": "http://{addr}:{port}/", "grafana": "http://{addr}:{port}/"}  # fmt: skip
+
+
+def cmd_summary(_: argparse.Namespace) -> None:
+    """Where things are on the converged lab."""
+    topo = topology.load(TOPOLOGY)
+    print_hosts(topo)
+    catalogue = yaml.safe_load((INVENTORY / "group_vars" / "all" / "services.yml").read_text())["cluster_services"]
+    print("\nServices on the lab (from the service catalogue):")
+    for name, svc in catalogue.items():
+        hosts = [h for h in topo.hosts if svc["group"] == "all" or svc["group"] in h.groups]
+        ports = f"{svc['port']}-{svc['port_end']}" if "port_end" in svc else str(svc["port"])
+        where = ", ".join(f"{h.name} {h.address}" for h in hosts) or "no host"
+        print(f"  {name:15} {svc.get('protocol', 'tcp')}/{ports:11} {where}")
+        if name in SUMMARY_URLS and hosts:
+            print(f"  {'':15} {SUMMARY_URLS[name].format(addr=hosts[0].address, port=svc['port'])}")
+    print("\nDrift report (check mode, changes nothing):")
+    print(f"  scripts/drift_report.py -i inventories/lab -- --vault-password-file {VAULT_PASS}")
+
+
 def cmd_status(_: argparse.Namespace) -> None:
     topo = topology.load(TOPOLOGY)
     up = engine.engine_answers()
@@ -285,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="remove every container, volume and network the lab created")
     down.set_defaults(func=cmd_down)
     sub.add_parser("status", help="show the lab hosts and their container state").set_defaults(func=cmd_status)
+    summary = sub.add_parser("summary", help="show where the lab's services are, after `make lab`")
+    summary.set_defaults(func=cmd_summary)
     img = sub.add_parser("image", help="build lab images (cached by recipe hash)")
     img.add_argument("recipes", nargs="*", help=f"recipe names under scripts/labkit/images (default: {BASE_RECIPE})")
     img.add_argument("--force", action="store_true", help="rebuild even if the image is current")

@@ -22,12 +22,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from labkit import topology  # noqa: E402
-
-from tests.helpers.ansible_run import PlaybookRun, run_playbook  # noqa: E402
+from toolkit.ansible_run import PlaybookRun, run_playbook  # noqa: E402
 
 INVENTORY = ROOT / "inventories" / "lab"
 SITE = ROOT / "playbooks" / "site.yml"

@@ -1,18 +1,20 @@
-"""Run ansible-playbook from a test and read what happened, task by task.
+"""Run ansible-playbook and read what happened, task by task.
 
-Uses the `json` stdout callback, so a test can assert on exactly which tasks changed on
-which host (a drift check), not on text that a callback may format differently.
+Uses the `json` stdout callback, so callers (the drift report, the tests) see exactly which
+tasks changed on which host, not text that a callback may format differently.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 @dataclass
@@ -56,6 +58,12 @@ class PlaybookRun:
         return sum(s.get(key, 0) for s in self.stats.values())
 
 
+def _ansible_playbook() -> str:
+    """The ansible-playbook of the running interpreter's environment, else the one on PATH."""
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    return str(beside) if beside.exists() else (shutil.which("ansible-playbook") or "ansible-playbook")
+
+
 def run_playbook(
     playbook: str | Path,
     inventory: str | Path,
@@ -76,7 +84,7 @@ def run_playbook(
     )
     full_env.update(env or {})
     proc = subprocess.run(
-        ["ansible-playbook", str(playbook), "-i", str(inventory), *args],
+        [_ansible_playbook(), str(playbook), "-i", str(inventory), *args],
         cwd=ROOT,
         env=full_env,
         capture_output=True,

@@ -1,0 +1,1 @@
+"""Code shared by the toolkit's CLIs (and their tests)."""

@@ -1,1 +1,0 @@
-"""Helpers shared by the molecule verifiers and the lab tests."""
