@@ -21,7 +21,7 @@ help: ## Show the targets
 
 $(VENV)/.installed: requirements.txt
 	@test -n "$(PYTHON)" || { echo "no Python 3.12+ found (see above)"; exit 1; }
-	$(PYTHON) -m venv --clear $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade 'pip==25.3'
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.txt
 	touch $@
@@ -66,7 +66,7 @@ lab-down: venv ## Remove everything the lab created
 	python scripts/lab down
 
 bench: venv lab-up ## Measure a no-op re-run of the site (docs/benchmarks/)
-	python scripts/bench_noop_rerun.py --output docs/benchmarks/noop-rerun.md
+	python scripts/bench_noop_rerun.py --fresh --output docs/benchmarks/noop-rerun.md
 
 clean: lab-down ## Remove the lab, caches and the virtual environment
 	rm -rf $(VENV) .cache
