@@ -43,7 +43,8 @@ def standin(tmp_path):
                 "pytorch",
             ],
             env={"STANDIN_READY_AFTER_S": "0", "STANDIN_TOKEN_DELAY_MS": "1", **env},
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         procs.append(proc)
         deadline = time.monotonic() + 10
@@ -56,10 +57,12 @@ def standin(tmp_path):
         raise RuntimeError("stand-in did not start")
 
     procs: list[subprocess.Popen] = []
+    start.procs = procs
     yield start
     for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=5)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=5)
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -122,3 +125,45 @@ def test_metrics_count_generations(standin):
     text = _get(base + "/prometheus/metrics")[1].decode()
     assert 'trtllm_e2e_request_latency_seconds_count{model_name="tiny-model",engine_type="trtllm"} 3' in text
     assert "trtllm_time_to_first_token_seconds_bucket" in text
+
+
+def test_requests_may_ask_for_long_answers_up_to_the_limit(standin):
+    base = standin(STANDIN_MAX_TOKENS="40")
+    status, body = _post(base + "/v1/completions", {"prompt": "x", "max_tokens": 30})
+    assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 30
+    status, body = _post(base + "/v1/completions", {"prompt": "x", "max_tokens": 500})
+    assert json.loads(body)["usage"]["completion_tokens"] == 40
+    status, body = _post(base + "/v1/completions", {"prompt": "x"})
+    assert json.loads(body)["usage"]["completion_tokens"] == 16
+
+
+def test_access_log_line_per_request_like_uvicorn(standin):
+    base = standin(STANDIN_ERROR_RATE="0.5")
+    for _ in range(2):
+        _post(base + "/v1/chat/completions", {"messages": []})
+    proc = standin.procs[-1]
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    lines = [line for line in out.splitlines() if "/v1/chat/completions" in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("INFO:     127.0.0.1:") and lines[0].endswith(
+        '"POST /v1/chat/completions HTTP/1.1" 200 OK'
+    )
+    assert lines[1].endswith('"POST /v1/chat/completions HTTP/1.1" 500 Internal Server Error')
+
+
+def test_sigterm_lets_a_stream_in_flight_finish_and_refuses_new_connections(standin):
+    base = standin(STANDIN_TOKEN_DELAY_MS="50", STANDIN_MAX_TOKENS="40")
+    proc = standin.procs[-1]
+    req = urllib.request.Request(
+        base + "/v1/chat/completions", data=json.dumps({"stream": True, "max_tokens": 40, "messages": []}).encode()
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.readline()  # the stream has begun (about 2 s to go)
+        proc.terminate()
+        time.sleep(0.3)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=1).close()
+        events = [line for line in resp.read().decode().split("\n\n") if line]
+    assert events[-1] == "data: [DONE]"
+    assert proc.wait(timeout=5) == 0
