@@ -198,9 +198,17 @@ def wait_ssh(address: str, user: str, timeout: float = 60) -> None:
     raise LabError(f"no SSH login to {user}@{address} within {timeout:.0f}s")
 
 
+def build_test_double_images() -> None:
+    """Run every tests/doubles/*/build-images (each caches its own output by content hash)."""
+    for script in sorted((ROOT / "tests" / "doubles").glob("*/build-images")):
+        with progress.step(f"test double images: {script.relative_to(ROOT)}"):
+            run([sys.executable, str(script)], timeout=900)
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     engine.ensure_engine(STATE)
     tag = images.ensure_image(BASE_RECIPE, force=args.rebuild_image)
+    build_test_double_images()
     topo = topology.load(TOPOLOGY)
     if topology.write_inventory(topo, HOSTS_FILE):
         progress.info(f"wrote {HOSTS_FILE.relative_to(ROOT)} (lab instance {topo.instance})")
@@ -282,6 +290,8 @@ def cmd_image(args: argparse.Namespace) -> None:
     engine.ensure_engine(STATE)
     for name in args.recipes or [BASE_RECIPE]:
         images.ensure_image(name, force=args.force)
+    if not args.recipes:
+        build_test_double_images()
 
 
 def cmd_engine(_: argparse.Namespace) -> None:
