@@ -1,0 +1,302 @@
+"""The serving layer on the lab: instances behind the edge, updates that drop no request.
+
+The instances run the trtllm-serve TEST DOUBLE (tests/doubles/trtllm-standin), pulled by
+digest from the registry on ops1. Releases: v1 (the inventory's), v2, and two broken ones
+(v3-never-ready, v3-errors). Every update runs under a load loop through the edge (short
+requests and 10 s streams, tests/lab/serving_load.py) and must lose none of them.
+
+Order matters (pytest keeps file order): the updates build on each other, and the last test
+brings the lab back to the inventory's state (v1 everywhere), as test_90_drift expects.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import INVENTORY, ROOT, VAULT_PASS, Lab, _summary, quote
+from serving_load import LoadLoop, streams_crossing
+
+pytestmark = pytest.mark.usefixtures("converged")
+
+SERVING = ROOT / "playbooks" / "serving.yml"
+IMAGES = ROOT / ".cache" / "trtllm-standin" / "images.yml"
+INSTANCE = "chat"
+MIN_REQUESTS = 200
+
+
+def images() -> dict:
+    return json.loads(IMAGES.read_text())
+
+
+def release(name: str, **settings: object) -> list[str]:
+    """Extra vars that deploy stand-in release `name` (and any llm_serving_* settings)."""
+    return ["-e", json.dumps({"llm_serving_image_digest": images()["digests"][name], **settings})]
+
+
+def serving(lab: Lab, *args: str):
+    """The serving play alone (the role's tag), as an operator runs an update."""
+    return lab.playbook("--tags", "llm_serving", *args, playbook=SERVING)
+
+
+def fact(lab: Lab, host: str) -> list[dict]:
+    return json.loads(lab.exec(host, "cat /etc/ansible/facts.d/llm_serving.fact").stdout)["endpoints"]
+
+
+def direct(lab: Lab, host: str, port: int, path: str = "/v1/chat/completions") -> str:
+    """An answer from an instance itself, asked on its host."""
+    script = (
+        "import sys, urllib.request as u\n"
+        "p = sys.argv[1]\n"
+        "r = u.Request('http://127.0.0.1:' + sys.argv[2] + p, data=b'{\"max_tokens\": 2}' if 'v1' in p else None)\n"
+        "print(u.urlopen(r, timeout=10).read().decode())\n"
+    )
+    return lab.exec(host, f"python3 -c {quote(script)} {path} {port}").stdout
+
+
+def started_at(lab: Lab, host: str) -> dict[str, str]:
+    out = lab.exec(
+        host, "docker ps --filter label=org.llmlab.serving.instance --format '{{.Names}} {{.ID}}'"
+    ).stdout.split()
+    names = out[0::2]
+    return {
+        name: lab.exec(host, f"docker inspect --format '{{{{.State.StartedAt}}}}' {name}").stdout.strip()
+        for name in names
+    }
+
+
+@pytest.fixture(scope="module")
+def edge(converged: Lab) -> dict:
+    """How a client reaches the model: the edge's HTTPS address and a lab API key."""
+    vault = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible-vault"),
+            "view",
+            "--vault-password-file",
+            str(VAULT_PASS),
+            str(INVENTORY / "group_vars" / "all" / "secrets.vault.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    keys = yaml.safe_load(vault.stdout)["cluster_secrets"]["edge_api_keys"]
+    context = ssl.create_default_context()
+    # The lab's internal CA signed the edge's certificate; this suite tests serving, the
+    # edge suite tests TLS.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    host = converged.hosts("edge")[0]
+    return {
+        "url": f"https://{converged.address(host)}",
+        "headers": {"X-API-KEY": sorted(keys.values())[0] if isinstance(keys, dict) else keys},
+        "context": context,
+    }
+
+
+def load(edge: dict, **kw) -> LoadLoop:
+    return LoadLoop(edge["url"], headers=edge["headers"], context=edge["context"], **kw)
+
+
+def update_under_load(lab: Lab, edge: dict, *args: str) -> tuple[object, LoadLoop, float]:
+    """Run the serving play while the load loop runs; return (run, loop, seconds)."""
+    loop = load(edge).start()
+    time.sleep(3)  # streams are in flight before anything changes
+    began = time.monotonic()
+    run = serving(lab, *args)
+    seconds = time.monotonic() - began
+    # Keep going until the minimum count is reached and the last streams have finished.
+    deadline = time.monotonic() + 60
+    while len(loop.results) < MIN_REQUESTS and time.monotonic() < deadline:
+        time.sleep(1)
+    loop.stop()
+    return run, loop, seconds
+
+
+def versions_through_edge(edge: dict, n: int = 20) -> set[str]:
+    loop = load(edge, short_workers=0, long_workers=0)
+    results = [loop.request("probe", stream=i % 2 == 0, max_tokens=2) for i in range(n)]
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    return {r.version for r in results}
+
+
+# -- deployed state -------------------------------------------------------------------------
+
+
+def test_instances_run_the_image_pinned_by_digest_from_the_site_registry(converged: Lab):
+    v1 = images()["digests"]["v1"]
+    registry = converged.hosts("ops")[0]
+    for host in converged.hosts("gpu_nodes"):
+        unit = converged.exec(host, f"cat /etc/systemd/system/llm-serving-{INSTANCE}-blue.service").stdout
+        assert f"ops1:5000/{images()['repository']}@{v1}" in unit and "--pull never" in unit
+        digests = converged.exec(host, "docker image ls --digests --format '{{.Repository}}@{{.Digest}}'").stdout
+        assert f"ops1:5000/{images()['repository']}@{v1}" in digests.split()
+    # The registry serves every release with the digest the build computed.
+    for tag, digest in images()["digests"].items():
+        head = converged.exec(
+            registry,
+            'python3 -c "import urllib.request as u; r = u.urlopen(u.Request('
+            f"'http://127.0.0.1:5000/v2/{images()['repository']}/manifests/{tag}', method='HEAD', headers="
+            "{'Accept': 'application/vnd.oci.image.manifest.v1+json'})); print(r.headers['Docker-Content-Digest'])\"",
+        ).stdout.strip()
+        assert head == digest, tag
+
+
+def test_endpoints_are_published_as_the_contract_says(converged: Lab):
+    for host in converged.hosts("gpu_nodes"):
+        assert fact(converged, host) == [
+            {
+                "colour": "blue",
+                "instance": INSTANCE,
+                "metrics_path": "/prometheus/metrics",
+                "model": "standin-chat",
+                "port": 8000,
+                "state": "active",
+                "weight": 100,
+            }
+        ]
+        assert "trtllm_e2e_request_latency_seconds" in direct(converged, host, 8000, "/prometheus/metrics")
+        mode = converged.exec(host, "stat -c '%U %a' /etc/ansible/facts.d/llm_serving.fact").stdout.split()
+        assert mode == ["root", "644"]
+
+
+def test_a_streamed_chat_completion_through_the_edge(converged: Lab, edge: dict):
+    loop = load(edge)
+    result = loop.request("probe", stream=True, max_tokens=30)
+    assert result.ok, result.error
+    assert result.version == "v1"
+    assert result.ended - result.started >= 0.5  # 30 tokens, 20 ms apart: it streamed
+
+
+def test_a_killed_container_is_restarted_and_ready_again(converged: Lab, record_property):
+    host = converged.hosts("gpu_nodes")[0]
+    name = f"llm-serving-{INSTANCE}-blue"
+    converged.exec(host, f"docker kill {name}")
+    killed = time.monotonic()
+    ready_after = None
+    while time.monotonic() - killed < 60:
+        probe = converged.exec(
+            host,
+            "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/health_generate', "
+            'timeout=2).status)"',
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == "200":
+            ready_after = time.monotonic() - killed
+            break
+        time.sleep(0.5)
+    record_property("ready_after_kill_s", ready_after)
+    print(f"\n{host}: {name} killed; ready again after {ready_after:.1f} s" if ready_after else "")
+    assert ready_after is not None, converged.exec(host, f"journalctl -u {name} -n 30 --no-pager").stdout
+    # systemd restarted it (RestartSec=5 in the unit), not anything else.
+    restarts = converged.exec(host, f"systemctl show -p NRestarts --value {name}").stdout.strip()
+    assert int(restarts) >= 1
+    assert ready_after < 30
+
+
+# -- updates under load -------------------------------------------------------------------
+
+
+def test_blue_green_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, record_property):
+    host = converged.hosts("gpu_nodes")[0]
+    run, loop, seconds = update_under_load(
+        converged,
+        edge,
+        "--limit",
+        host,
+        *release("v2", llm_serving_update_strategy="blue_green", llm_serving_canary_share=30),
+    )
+    record_property("blue_green_update_s", round(seconds, 1))
+    print(f"\nblue-green v1 -> v2 on {host} in {seconds:.0f}s: {loop.summary()}")
+    assert run.rc == 0, _summary(run)
+    assert loop.failures() == [], loop.summary()
+    assert len(loop.results) >= MIN_REQUESTS, loop.summary()
+    assert streams_crossing(loop.results, "v1", "v2"), "no 10 s stream was in flight across the switch"
+    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
+    assert "[standin v2]" in direct(converged, host, 8001)
+    assert converged.exec(host, "ls /etc/systemd/system/ | grep llm-serving-").stdout.split() == [
+        f"llm-serving-{INSTANCE}-green.service"
+    ]
+
+
+def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, record_property):
+    host = converged.hosts("gpu_nodes")[1]
+    run, loop, seconds = update_under_load(
+        converged, edge, "--limit", host, *release("v2", llm_serving_update_strategy="rolling")
+    )
+    record_property("rolling_update_s", round(seconds, 1))
+    print(f"\nrolling v1 -> v2 on {host} in {seconds:.0f}s: {loop.summary()}")
+    assert run.rc == 0, _summary(run)
+    assert loop.failures() == [], loop.summary()
+    assert len(loop.results) >= MIN_REQUESTS, loop.summary()
+    assert streams_crossing(loop.results, "v1", "v2"), "no 10 s stream was in flight across the switch"
+    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
+    # Both nodes are updated now: only v2 answers.
+    assert versions_through_edge(edge) == {"v2"}
+
+
+def test_a_release_that_never_becomes_ready_is_rolled_back(converged: Lab, edge: dict):
+    host = converged.hosts("gpu_nodes")[0]
+    run, loop, _ = update_under_load(
+        converged, edge, "--limit", host, *release("v3-never-ready", llm_serving_ready_timeout=15)
+    )
+    print(f"\nv3 (never ready), rolling on {host}: {loop.summary()}")
+    assert run.rc != 0
+    message = " ".join(m for msgs in run.failures().values() for m in msgs)
+    assert "ROLLED BACK" in message and "did not become ready within 15s" in message, message
+    assert "stand-in trtllm-serve v3" in message  # the container's own log lines
+    assert loop.failures() == [], loop.summary()
+    assert {r.version for r in loop.results} == {"v2"}
+    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
+    assert versions_through_edge(edge) == {"v2"}
+
+
+def test_a_release_answering_5xx_is_rolled_back_by_its_canary(converged: Lab, edge: dict):
+    host = converged.hosts("gpu_nodes")[1]
+    run, loop, _ = update_under_load(
+        converged,
+        edge,
+        "--limit",
+        host,
+        *release("v3-errors", llm_serving_update_strategy="blue_green", llm_serving_canary_share=50),
+    )
+    print(f"\nv3 (5xx), blue-green canary on {host}: {loop.summary()}")
+    assert run.rc != 0
+    message = " ".join(m for msgs in run.failures().values() for m in msgs)
+    assert "ROLLED BACK" in message and "answered 5xx" in message, message
+    assert loop.failures() == [], loop.summary()
+    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
+    assert versions_through_edge(edge) == {"v2"}
+
+
+# -- removal, and back to the inventory -----------------------------------------------------
+
+
+def test_a_removed_instance_leaves_no_unit_fact_or_upstream(converged: Lab, edge: dict):
+    host = converged.hosts("gpu_nodes")[1]
+    run = serving(converged, "--limit", host, "-e", '{"llm_serving_instances": []}')
+    assert run.rc == 0, _summary(run)
+    assert fact(converged, host) == []
+    assert converged.exec(host, "ls /etc/systemd/system/ | grep -c llm-serving-", check=False).stdout.strip() == "0"
+    assert converged.exec(host, "docker ps -q --filter label=org.llmlab.serving.instance").stdout.strip() == ""
+    upstreams = converged.exec(converged.hosts("edge")[0], "cat /etc/nginx/edge/upstreams.conf").stdout
+    assert converged.address(host) not in upstreams
+    assert versions_through_edge(edge) == {"v2"}  # the other node serves
+
+
+def test_the_inventory_state_returns_and_an_unchanged_rerun_touches_nothing(converged: Lab, edge: dict):
+    back = serving(converged)
+    assert back.rc == 0, _summary(back)
+    assert versions_through_edge(edge) == {"v1"}
+    before = {host: started_at(converged, host) for host in converged.hosts("gpu_nodes")}
+    again = serving(converged)
+    assert again.rc == 0, _summary(again)
+    assert again.changed_tasks() == {}, again.changed_tasks()
+    after = {host: started_at(converged, host) for host in converged.hosts("gpu_nodes")}
+    assert after == before and all(before.values()), (before, after)
