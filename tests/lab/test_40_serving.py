@@ -26,6 +26,7 @@ from serving_load import LoadLoop, streams_crossing
 pytestmark = pytest.mark.usefixtures("converged")
 
 SERVING = ROOT / "playbooks" / "serving.yml"
+MAINTENANCE = ROOT / "playbooks" / "maintenance.yml"
 IMAGES = ROOT / ".cache" / "trtllm-standin" / "images.yml"
 INSTANCE = "chat"
 MIN_REQUESTS = 200
@@ -273,6 +274,28 @@ def test_a_release_answering_5xx_is_rolled_back_by_its_canary(converged: Lab, ed
     assert loop.failures() == [], loop.summary()
     assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
     assert versions_through_edge(edge) == {"v2"}
+
+
+def test_maintenance_drains_a_node_works_on_it_and_brings_it_back(converged: Lab, edge: dict):
+    host = converged.hosts("gpu_nodes")[0]
+    loop = load(edge).start()
+    time.sleep(3)
+    run = converged.playbook(
+        "-e", f"maintenance_host={host}", "-e", '{"maintenance_roles": ["os_tuning"]}', playbook=MAINTENANCE
+    )
+    deadline = time.monotonic() + 60
+    while len(loop.results) < MIN_REQUESTS and time.monotonic() < deadline:
+        time.sleep(1)
+    loop.stop()
+    print(f"\nmaintenance of {host}: {loop.summary()}")
+    assert run.rc == 0, _summary(run)
+    assert loop.failures() == [], loop.summary()
+    tasks = run.task_names()
+    assert tasks.index("Maintenance | Drain the node at the edge and stop its instances") < tasks.index(
+        "os_tuning : OS tuning | Kernel settings (sysctl)"
+    )
+    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
+    assert "[standin v2]" in direct(converged, host, 8001)
 
 
 # -- removal, and back to the inventory -----------------------------------------------------
