@@ -4,10 +4,11 @@ Worker threads send chat completions until stopped: short ones (streamed and not
 streams (about 10 s with the trtllm-serve stand-in) that are in flight while traffic
 switches. Every request is recorded; a request counts as failed unless it answered 200 and,
 when streamed, ended with `data: [DONE]`. The stand-in names its release in the first
-token (`[standin v2] ...`), so each result also says which release answered.
+token (`[standin v2] ...`) and its host name (container ID) in `standin_host`, so each
+result also says which release and which instance answered.
 
 Kept light on purpose (our machines have 2 cores shared by several engineers): by default
-2 short workers pausing 0.2 s between requests and 3 long-stream workers.
+2 short workers pausing 0.8 s between requests and 5 long-stream workers (10 s each).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 VERSION = re.compile(r"\[standin (v[\w.-]+)\]")
+HOST = re.compile(r'"standin_host": "([^"]+)"')
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Result:
     ok: bool
     version: str = ""
     error: str = ""
+    host: str = ""
 
 
 @dataclass
@@ -41,8 +44,8 @@ class LoadLoop:
     headers: dict[str, str] = field(default_factory=dict)
     context: ssl.SSLContext | None = None
     short_workers: int = 2
-    long_workers: int = 3
-    short_pause_s: float = 0.2
+    long_workers: int = 5
+    short_pause_s: float = 0.8
     long_tokens: int = 500
     timeout_s: float = 60
     results: list[Result] = field(default_factory=list)
@@ -69,7 +72,7 @@ class LoadLoop:
         )
         headers = {"Content-Type": "application/json", **self.headers}
         started = time.time()
-        status, ok, version, error = 0, False, "", ""
+        status, ok, version, error, host = 0, False, "", "", ""
         conn: http.client.HTTPConnection
         if self._https:
             conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s, context=self.context)
@@ -94,13 +97,15 @@ class LoadLoop:
                 ok = status == 200
             match = VERSION.search(text)
             version = match.group(1) if match else ""
+            match = HOST.search(text)
+            host = match.group(1) if match else ""
             if not ok and not error:
                 error = f"HTTP {status}: {text[:200]}"
         except (OSError, http.client.HTTPException) as exc:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             conn.close()
-        return Result(kind, started, time.time(), status, ok, version, error)
+        return Result(kind, started, time.time(), status, ok, version, error, host)
 
     # -- workers -----------------------------------------------------------------------
     def _short(self, index: int) -> None:
@@ -152,9 +157,15 @@ class LoadLoop:
         )
 
 
-def streams_crossing(results: list[Result], old: str, new: str) -> list[Result]:
-    """Long streams of the old release that were still running when the new one answered."""
-    first_new = min((r.started for r in results if r.version == new), default=None)
-    if first_new is None:
+def streams_crossing(results: list[Result], old_instance: str) -> list[Result]:
+    """Long streams of the old instance that were in flight when it took its last new request.
+
+    An instance's last new request marks the moment the edge stopped sending to it (the
+    switch, or the drain); streams it was still answering then crossed the switch.
+    `old_instance` is the instance's host name (the stand-in's container ID).
+    """
+    mine = [r for r in results if r.host == old_instance]
+    if not mine:
         return []
-    return [r for r in results if r.kind == "long" and r.version == old and r.started < first_new < r.ended]
+    last = max(r.started for r in mine)
+    return [r for r in mine if r.kind == "long" and r.started < last - 0.5 and r.ended > last + 0.5]

@@ -61,6 +61,13 @@ def direct(lab: Lab, host: str, port: int, path: str = "/v1/chat/completions") -
     return lab.exec(host, f"python3 -c {quote(script)} {path} {port}").stdout
 
 
+def container_id(lab: Lab, host: str) -> str:
+    """The serving container's ID on a host (the stand-in's host name, in its answers)."""
+    ids = lab.exec(host, "docker ps --filter label=org.llmlab.serving.instance --format '{{.ID}}'").stdout.split()
+    assert len(ids) == 1, ids
+    return ids[0]
+
+
 def started_at(lab: Lab, host: str) -> dict[str, str]:
     out = lab.exec(
         host, "docker ps --filter label=org.llmlab.serving.instance --format '{{.Names}} {{.ID}}'"
@@ -96,7 +103,7 @@ def edge(converged: Lab) -> dict:
     host = converged.hosts("edge")[0]
     return {
         "url": f"https://{converged.address(host)}",
-        "headers": {"X-API-KEY": sorted(keys.values())[0] if isinstance(keys, dict) else keys},
+        "headers": {"X-API-KEY": keys.get("lab-client") or sorted(keys.values())[0]},
         "context": context,
     }
 
@@ -118,6 +125,13 @@ def update_under_load(lab: Lab, edge: dict, *args: str) -> tuple[object, LoadLoo
         time.sleep(1)
     loop.stop()
     return run, loop, seconds
+
+
+def crossing_report(loop: LoadLoop, old: str) -> str:
+    mine = [r for r in loop.results if r.host == old]
+    last = max((r.started for r in mine), default=0)
+    longs = [(round(r.started - last, 1), round(r.ended - last, 1)) for r in mine if r.kind == "long"]
+    return f"{len(mine)} requests on the old instance {old}; its long streams relative to its last request: {longs}"
 
 
 def versions_through_edge(edge: dict, n: int = 20) -> set[str]:
@@ -206,6 +220,7 @@ def test_a_killed_container_is_restarted_and_ready_again(converged: Lab, record_
 
 def test_blue_green_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, record_property):
     host = converged.hosts("gpu_nodes")[0]
+    old = container_id(converged, host)
     run, loop, seconds = update_under_load(
         converged,
         edge,
@@ -218,7 +233,11 @@ def test_blue_green_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict,
     assert run.rc == 0, _summary(run)
     assert loop.failures() == [], loop.summary()
     assert len(loop.results) >= MIN_REQUESTS, loop.summary()
-    assert streams_crossing(loop.results, "v1", "v2"), "no 10 s stream was in flight across the switch"
+    assert streams_crossing(loop.results, old), (
+        f"no 10 s stream was in flight across the switch: {crossing_report(loop, old)}"
+    )
+    new = container_id(converged, host)
+    assert {r.version for r in loop.results if r.host == new} == {"v2"}
     assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
     assert "[standin v2]" in direct(converged, host, 8001)
     assert converged.exec(host, "ls /etc/systemd/system/ | grep llm-serving-").stdout.split() == [
@@ -228,6 +247,7 @@ def test_blue_green_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict,
 
 def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, record_property):
     host = converged.hosts("gpu_nodes")[1]
+    old = container_id(converged, host)
     run, loop, seconds = update_under_load(
         converged, edge, "--limit", host, *release("v2", llm_serving_update_strategy="rolling")
     )
@@ -236,7 +256,11 @@ def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, re
     assert run.rc == 0, _summary(run)
     assert loop.failures() == [], loop.summary()
     assert len(loop.results) >= MIN_REQUESTS, loop.summary()
-    assert streams_crossing(loop.results, "v1", "v2"), "no 10 s stream was in flight across the switch"
+    assert streams_crossing(loop.results, old), (
+        f"no 10 s stream was in flight across the switch: {crossing_report(loop, old)}"
+    )
+    new = container_id(converged, host)
+    assert {r.version for r in loop.results if r.host == new} == {"v2"}
     assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
     # Both nodes are updated now: only v2 answers.
     assert versions_through_edge(edge) == {"v2"}
@@ -276,6 +300,24 @@ def test_a_release_answering_5xx_is_rolled_back_by_its_canary(converged: Lab, ed
     assert versions_through_edge(edge) == {"v2"}
 
 
+def test_a_model_that_does_not_match_its_manifest_is_refused_before_any_change(converged: Lab):
+    host = converged.hosts("gpu_nodes")[0]
+    weights = "/srv/models/standin-chat/model.safetensors"
+    before = container_id(converged, host)
+    converged.exec(host, f"cp {weights} /root/weights.bak && echo corrupted >> {weights}")
+    try:
+        # The model is staged on the host (no model_src to copy it again), the image changes.
+        instance = {"name": INSTANCE, "model": "standin-chat", "model_dir": "/srv/models/standin-chat", "port": 8000}
+        run = serving(converged, "--limit", host, *release("v1", llm_serving_instances=[instance]))
+    finally:
+        converged.exec(host, f"mv /root/weights.bak {weights}")
+    assert run.rc != 0
+    message = " ".join(m for msgs in run.failures().values() for m in msgs)
+    assert "does not match /srv/models/standin-chat/SHA256SUMS" in message and "model.safetensors: FAILED" in message
+    assert container_id(converged, host) == before
+    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
+
+
 def test_maintenance_drains_a_node_works_on_it_and_brings_it_back(converged: Lab, edge: dict):
     host = converged.hosts("gpu_nodes")[0]
     loop = load(edge).start()
@@ -313,8 +355,21 @@ def test_a_removed_instance_leaves_no_unit_fact_or_upstream(converged: Lab, edge
     assert versions_through_edge(edge) == {"v2"}  # the other node serves
 
 
+def test_a_rolling_update_keeps_the_capacity_floor(converged: Lab):
+    # gpu2 serves nothing now: taking gpu1's endpoint out would leave the instance no capacity.
+    host = converged.hosts("gpu_nodes")[0]
+    before = container_id(converged, host)
+    run = serving(converged, "--limit", host, *release("v1", llm_serving_update_strategy="rolling"))
+    assert run.rc != 0
+    message = " ".join(m for msgs in run.failures().values() for m in msgs)
+    assert "would leave only 0 active endpoint(s) of it" in message and "Nothing was changed" in message, message
+    assert container_id(converged, host) == before
+    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
+
+
 def test_the_inventory_state_returns_and_an_unchanged_rerun_touches_nothing(converged: Lab, edge: dict):
-    back = serving(converged)
+    # Blue-green brings gpu1 back to v1 without taking it out; gpu2 gets a first deploy.
+    back = serving(converged, "-e", "llm_serving_update_strategy=blue_green")
     assert back.rc == 0, _summary(back)
     assert versions_through_edge(edge) == {"v1"}
     before = {host: started_at(converged, host) for host in converged.hosts("gpu_nodes")}
