@@ -1,0 +1,110 @@
+"""Filters of the edge_proxy role: the serving endpoints the edge sends traffic to.
+
+The serving role publishes its endpoints as a local fact on every GPU node
+(docs/serving-edge-contract.md); the edge renders its upstream pool from them. This filter
+turns the facts of a host group into one validated, sorted list, so the template stays
+simple and a malformed fact fails the run with a message naming the host and the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+STATES = ("active", "draining", "down")
+
+
+def _address(host: str, address: Any) -> str:
+    value = str(address or "").strip() or host
+    try:
+        if ipaddress.ip_address(value).version == 6:
+            return f"[{value}]"
+    except ValueError:
+        pass
+    return value
+
+
+def _int(host: str, index: int, ep: dict, key: str, low: int, high: int) -> int:
+    value = ep.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise AnsibleFilterError(
+            f"llm_serving fact of {host}: endpoints[{index}].{key} is {value!r}, not an integer "
+            f"({low}-{high}). Re-run the llm_serving role on {host}; it writes "
+            "/etc/ansible/facts.d/llm_serving.fact (docs/serving-edge-contract.md)."
+        )
+    number = int(value)
+    if not low <= number <= high:
+        raise AnsibleFilterError(
+            f"llm_serving fact of {host}: endpoints[{index}].{key} is {number}, outside {low}-{high}."
+        )
+    return number
+
+
+def edge_proxy_endpoints(
+    facts: dict[str, Any], addresses: dict[str, Any] | None = None, instances: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Serving endpoints from {host: llm_serving fact}, as the edge's upstream pool needs them.
+
+    facts: the `ansible_local.llm_serving` value of each backend host (None or {} when the
+        host publishes nothing: it contributes no endpoint).
+    addresses: {host: ansible_host}; a host without one is addressed by its inventory name.
+    instances: keep only endpoints of these serving instances (empty: all).
+
+    Returns dicts with host, address, port, instance, model, colour, weight, state, sorted by
+    host then port, so the rendered file changes only when an endpoint does.
+    """
+    if not isinstance(facts, dict):
+        raise AnsibleFilterError(f"edge_proxy_endpoints expects a mapping of host to fact, got {type(facts).__name__}")
+    addresses = addresses or {}
+    wanted = set(instances or [])
+    out: list[dict[str, Any]] = []
+    for host in sorted(facts):
+        fact = facts[host]
+        if fact in (None, "", {}):
+            continue
+        if not isinstance(fact, dict) or not isinstance(fact.get("endpoints", []), list):
+            raise AnsibleFilterError(
+                f"llm_serving fact of {host} is not a JSON object with an `endpoints` list: {str(fact)[:200]!r}. "
+                f"Fix or remove /etc/ansible/facts.d/llm_serving.fact on {host} (re-run the llm_serving role)."
+            )
+        for index, ep in enumerate(fact.get("endpoints", [])):
+            if not isinstance(ep, dict):
+                raise AnsibleFilterError(f"llm_serving fact of {host}: endpoints[{index}] is not an object")
+            state = ep.get("state", "active")
+            if state not in STATES:
+                raise AnsibleFilterError(
+                    f"llm_serving fact of {host}: endpoints[{index}].state is {state!r}; "
+                    f"it must be one of {', '.join(STATES)}."
+                )
+            instance = str(ep.get("instance", ""))
+            if wanted and instance not in wanted:
+                continue
+            out.append(
+                {
+                    "host": host,
+                    "address": _address(host, addresses.get(host)),
+                    "port": _int(host, index, ep, "port", 1, 65535),
+                    "weight": _int(host, index, ep, "weight", 1, 100) if "weight" in ep else 100,
+                    "state": state,
+                    "instance": instance,
+                    "model": str(ep.get("model", "")),
+                    "colour": str(ep.get("colour", "")),
+                }
+            )
+    seen: dict[tuple[str, int], str] = {}
+    for ep in out:
+        key = (ep["address"], ep["port"])
+        if key in seen:
+            raise AnsibleFilterError(
+                f"two serving endpoints share {ep['address']}:{ep['port']} ({seen[key]} and {ep['host']}): "
+                "give each host its own ansible_host, and each instance its own port."
+            )
+        seen[key] = ep["host"]
+    return sorted(out, key=lambda ep: (ep["host"], ep["port"]))
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {"edge_proxy_endpoints": edge_proxy_endpoints}
