@@ -105,6 +105,22 @@ def edge_proxy_endpoints(
     return sorted(out, key=lambda ep: (ep["host"], ep["port"]))
 
 
+def edge_proxy_api_key_entries(keys: Any) -> list[dict[str, str]]:
+    """{client: key or [keys]} from the secrets layer as [{client, key}], sorted by client.
+
+    Anything else yields an empty list; the role's checks then refuse it with a message that
+    never contains a key.
+    """
+    if not isinstance(keys, dict):
+        return []
+    out = []
+    for client in sorted(keys, key=str):
+        value = keys[client]
+        for key in value if isinstance(value, list) else [value]:
+            out.append({"client": str(client), "key": "" if key is None else str(key)})
+    return out
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"edge_proxy_endpoints": edge_proxy_endpoints}
+        return {"edge_proxy_endpoints": edge_proxy_endpoints, "edge_proxy_api_key_entries": edge_proxy_api_key_entries}

@@ -38,6 +38,10 @@ def _password(n: int = 24) -> Generator:
 SECRET_SPECS: dict[str, Generator] = {
     # Keeps the mechanism exercised by the base layer's tests.
     "lab_canary": _token(16),
+    # pki: encrypts the internal CA's private key on the CA host.
+    "pki_ca_passphrase": _password(32),
+    # edge_proxy: the API keys the edge accepts, client name -> key.
+    "edge_api_keys": lambda: {"lab-client": secrets.token_hex(24), "lab-bench": secrets.token_hex(24)},
 }
 
 

@@ -9,7 +9,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "filter"))
-from edge_proxy import edge_proxy_endpoints
+from edge_proxy import edge_proxy_api_key_entries, edge_proxy_endpoints
 
 
 def _ep(**kw):
@@ -72,3 +72,17 @@ def test_two_endpoints_on_one_address_and_port_are_refused():
     facts = {"gpu1": {"endpoints": [_ep()]}, "gpu2": {"endpoints": [_ep()]}}
     with pytest.raises(AnsibleFilterError, match=r"share 10\.0\.0\.5:8000"):
         edge_proxy_endpoints(facts, {"gpu1": "10.0.0.5", "gpu2": "10.0.0.5"})
+
+
+def test_api_keys_as_client_key_pairs_with_rotation_lists():
+    keys = {"b-client": "k2", "a-client": ["k1-old", "k1-new"]}
+    assert edge_proxy_api_key_entries(keys) == [
+        {"client": "a-client", "key": "k1-old"},
+        {"client": "a-client", "key": "k1-new"},
+        {"client": "b-client", "key": "k2"},
+    ]
+
+
+def test_api_keys_not_a_mapping_give_nothing_to_render():
+    assert edge_proxy_api_key_entries("oops") == []
+    assert edge_proxy_api_key_entries(None) == []

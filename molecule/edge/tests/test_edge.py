@@ -1,0 +1,301 @@
+"""Behaviour of the edge proxy, seen by a client from outside (the controller) and in its logs.
+
+The serving host runs the trtllm-serve TEST DOUBLE (prepare.yml); everything else is the
+real thing: Debian's nginx, ModSecurity v3, OWASP CRS 3.3.4, mtail, and the pki role's CA.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shlex
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+sys.path.insert(0, str(ROOT))
+from tests.helpers import waf_sets  # noqa: E402
+from tests.helpers.ansible_run import run_playbook  # noqa: E402
+from tests.helpers.edge_client import EdgeClient, http_get  # noqa: E402
+
+testinfra_hosts = ["edge-proxy"]
+
+_INVENTORY = yaml.safe_load((SCENARIO / "molecule.yml").read_text())["provisioner"]["inventory"]["group_vars"]
+KEYS: dict[str, str | list[str]] = _INVENTORY["all"]["cluster_secrets"]["edge_api_keys"]
+LIMITS = _INVENTORY["edge"]
+CLIENT_KEY = KEYS["molecule-client"]
+SECOND_OLD, SECOND_NEW = KEYS["molecule-second"]
+ALL_KEYS = [CLIENT_KEY, SECOND_OLD, SECOND_NEW, KEYS["molecule-burst"], KEYS["molecule-streams"]]
+WAF_KEYS = [CLIENT_KEY, SECOND_OLD, SECOND_NEW]
+PACE = LIMITS["edge_proxy_rate_per_key"] * 0.75
+CHAT = "/v1/chat/completions"
+AUDIT_LOG = "/var/log/modsecurity/edge-audit.log"
+
+
+def _address(container: str) -> str:
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def edge(host, tmp_path_factory) -> EdgeClient:
+    ca = tmp_path_factory.mktemp("edge") / "ca.crt"
+    ca.write_text(host.file("/etc/ssl/cluster/ca.crt").content_string)
+    return EdgeClient(_address("edge-proxy"), "edge-proxy", ca)
+
+
+def _chat(**extra) -> dict:
+    return {"model": "standin", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello."}]} | extra
+
+
+def _playbook(name: str, *args: str):
+    return run_playbook(SCENARIO / name, os.environ["MOLECULE_INVENTORY_FILE"], *args,
+                        env={"ANSIBLE_CACHE_PLUGIN": "memory"})  # fmt: skip
+
+
+# --- TLS and HTTP ------------------------------------------------------------------------
+
+
+def test_tls13_accepted_and_http2_offered(edge):
+    version, alpn = edge.handshake(alpn=["h2", "http/1.1"])
+    assert version == "TLSv1.3"
+    assert alpn == "h2"
+
+
+def test_tls12_refused(edge):
+    with pytest.raises(ssl.SSLError):
+        edge.handshake(maximum=ssl.TLSVersion.TLSv1_2)
+
+
+def test_hsts_and_request_id_on_every_answer(edge):
+    for resp in (edge.request("GET", "/v1/models", key=CLIENT_KEY), edge.request("GET", "/v1/models")):
+        assert resp.headers["strict-transport-security"] == "max-age=63072000"
+        assert len(resp.headers["x-request-id"]) == 32
+
+
+def test_plain_http_only_redirects(edge):
+    resp = http_get(edge.address, 80, "/v1/models?x=1")
+    assert resp.status == 301
+    assert resp.headers["location"] == "https://" + edge.address + "/v1/models?x=1"
+
+
+# --- API keys --------------------------------------------------------------------------
+
+
+def test_missing_or_wrong_key_is_401_before_anything_else(edge, host):
+    for headers in ({}, {"X-API-KEY": "not-a-key-but-long-enough-000000"}, {"Authorization": "Bearer wrong"}):
+        # Even an attack is answered 401: the WAF never sees unauthenticated requests.
+        resp = edge.request("GET", "/v1/models?id=1%27%20OR%20%271%27=%271", headers=headers)
+        assert resp.status == 401, headers
+        assert resp.json()["error"]["code"] == "invalid_api_key"
+        assert resp.headers["x-request-id"] not in host.file(AUDIT_LOG).content_string
+
+
+def test_keys_accepted_as_header_or_bearer_and_both_rotation_keys_work(edge):
+    assert edge.request("GET", "/v1/models", key=CLIENT_KEY).status == 200
+    assert edge.request("GET", "/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"}).status == 200
+    assert edge.request("GET", "/v1/models", key=SECOND_OLD).status == 200
+    assert edge.request("GET", "/v1/models", key=SECOND_NEW).status == 200
+
+
+def test_routes_and_methods(edge):
+    resp = edge.request("POST", CHAT, _chat(), key=CLIENT_KEY)
+    assert resp.status == 200 and resp.json()["choices"][0]["message"]["content"].startswith("[standin")
+    assert edge.request("GET", "/health").status == 200  # for load balancers: no key
+    missing = edge.request("GET", "/v1/nowhere", key=CLIENT_KEY)
+    assert missing.status == 404 and missing.json()["error"]["code"] == 404
+    assert edge.request("GET", CHAT, key=CLIENT_KEY).status == 405
+
+
+# --- WAF -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def attack_results(edge, host):
+    results = waf_sets.run_cases(edge, waf_sets.attack_cases(), WAF_KEYS, PACE)
+    return results, waf_sets.audit_rule_ids(host.file(AUDIT_LOG).content_string)
+
+
+def test_attacks_in_query_headers_paths_and_protocol_are_403_with_crs_rules_audited(attack_results):
+    results, audit = attack_results
+    outside_json = [r for r in results if "@json:" not in r.case.id]
+    assert len(outside_json) >= 30
+    assert waf_sets.verdict_problems(outside_json, audit) == []
+
+
+def test_the_same_payloads_in_non_prompt_json_fields_are_403(attack_results):
+    results, audit = attack_results
+    in_json = [r for r in results if "@json:" in r.case.id]
+    assert len(in_json) == 20
+    assert waf_sets.verdict_problems(in_json, audit) == []
+
+
+def test_benign_prompts_full_of_code_sql_shell_and_html_pass(edge, host):
+    cases = waf_sets.benign_cases()
+    assert len(cases) >= 30
+    assert max(len(c.body or b"") for c in cases) > 128 * 1024
+    results = waf_sets.run_cases(edge, cases, WAF_KEYS, PACE)
+    blocked = {r.case.id: r.status for r in results if r.status != 200}
+    assert blocked == {}, f"benign requests refused: {blocked}"
+    audited = waf_sets.audit_rule_ids(host.file(AUDIT_LOG).content_string)
+    assert not any(r.request_id in audited for r in results), "a benign request reached the WAF audit log"
+
+
+def test_body_over_the_limit_is_413(edge):
+    big = _chat(messages=[{"role": "user", "content": "x" * (5 * 1024 * 1024)}])
+    resp = edge.request("POST", CHAT, big, key=CLIENT_KEY)
+    assert resp.status == 413 and resp.json()["error"]["code"] == 413
+
+
+# --- Limits and streaming ----------------------------------------------------------------
+
+
+def test_burst_over_the_per_key_limit_is_429(edge):
+    rate, burst = LIMITS["edge_proxy_rate_per_key"], LIMITS["edge_proxy_burst_per_key"]
+    began = time.monotonic()
+    statuses = edge.statuses_over_one_connection("GET", "/v1/models", 3 * burst + 20, KEYS["molecule-burst"])
+    elapsed = time.monotonic() - began
+    allowed = burst + 1 + int(rate * elapsed) + 1
+    assert set(statuses) == {200, 429}, statuses
+    assert statuses.count(200) <= allowed, f"{statuses.count(200)} passed in {elapsed:.2f}s, at most {allowed} may"
+    resp = edge.request("GET", "/v1/models", key=KEYS["molecule-burst"])
+    if resp.status == 429:
+        assert resp.json()["error"]["code"] == 429
+
+
+def test_streamed_completion_arrives_token_by_token(edge):
+    stream = edge.stream(CHAT, _chat(stream=True, max_tokens=500), key=CLIENT_KEY)
+    assert stream.status == 200
+    times = [t for t, _ in stream.chunks]
+    assert times[0] < 1.0, f"first chunk after {times[0]:.2f}s"
+    assert times[-1] >= 5.0, f"stream lasted only {times[-1]:.2f}s"
+    # Chunks keep arriving while the model generates: at least one in every second.
+    seconds_with_data = {int(t) for t in times}
+    assert set(range(int(times[-1]))) <= seconds_with_data, sorted(seconds_with_data)
+    assert len(stream.chunks) >= 50
+    assert stream.text.rstrip().endswith("data: [DONE]")
+
+
+def test_concurrent_streams_per_key_are_limited(edge):
+    limit = LIMITS["edge_proxy_streams_per_key"]
+    statuses: list[int] = []
+
+    def one():
+        statuses.append(edge.stream(CHAT, _chat(stream=True, max_tokens=150), key=KEYS["molecule-streams"]).status)
+
+    threads = [threading.Thread(target=one) for _ in range(limit)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # the first streams are running (1.5 s each)
+    extra = edge.request("POST", CHAT, _chat(), key=KEYS["molecule-streams"])
+    for t in threads:
+        t.join()
+    assert statuses == [200] * limit
+    assert extra.status == 429 and extra.json()["error"]["code"] == 429
+    assert edge.request("POST", CHAT, _chat(), key=KEYS["molecule-streams"]).status == 200
+
+
+# --- Metrics ------------------------------------------------------------------------------
+
+
+def _metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text as (name, labels, value)."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if m and not line.startswith("#"):
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def test_metrics_from_the_access_log(edge):
+    edge.request("POST", CHAT, _chat(), key=CLIENT_KEY)
+    time.sleep(1.5)  # mtail polls the log
+    samples = _metrics(http_get(edge.address, 3903, "/metrics").body.decode())
+
+    def value(name: str, **labels: str) -> float:
+        return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
+
+    assert value("edge_http_requests_total", route="chat", status="200", client="molecule-client") >= 1
+    assert value("edge_http_requests_total", status="429") >= 1
+    assert value("edge_waf_blocked_requests_total") >= 1
+    assert value("edge_http_request_duration_seconds_count", route="chat") >= 1
+    assert value("edge_http_request_duration_seconds_bucket", route="chat", le="0.5") >= 1
+    assert value("edge_http_upstream_header_seconds_count", route="chat") >= 1
+    assert value("edge_http_response_bytes_total", route="chat") > 0
+
+
+# --- Changes through Ansible --------------------------------------------------------------
+
+
+def test_upstreams_entry_point_from_a_serving_play_drains_and_restores(edge):
+    """The contract: the serving role changes its fact and includes `tasks_from: upstreams`
+    delegated to the edge; with its only endpoint draining, the edge answers 503."""
+    drained = _playbook("serving-step.yml", "-e", "endpoint_state=draining")
+    assert drained.rc == 0, drained.stdout[-3000:]
+    resp = edge.request("POST", CHAT, _chat(), key=CLIENT_KEY)
+    assert resp.status == 503 and resp.json()["error"]["code"] == 503
+    restored = _playbook("serving-step.yml", "-e", "endpoint_state=active")
+    assert restored.rc == 0, restored.stdout[-3000:]
+    assert edge.request("POST", CHAT, _chat(), key=CLIENT_KEY).status == 200
+
+
+def test_broken_template_fails_the_run_and_the_proxy_keeps_serving(edge, host):
+    before = host.file("/etc/nginx/edge/site.conf").sha256sum
+    run = _playbook("converge.yml", "--tags", "edge_proxy", "-e",
+                    json.dumps({"edge_proxy_extra_server_config": ["proxy_buffering sometimes;"]}))  # fmt: skip
+    assert run.rc != 0
+    messages = " ".join(m for msgs in run.failures().values() for m in msgs)
+    assert "failed to validate" in messages, messages
+    assert host.file("/etc/nginx/edge/site.conf").sha256sum == before
+    assert edge.request("POST", CHAT, _chat(), key=CLIENT_KEY).status == 200
+
+
+def test_certificate_renewed_before_expiry_and_served(edge, host):
+    """A certificate within pki_renew_before_days of its end is reissued, and nginx serves it."""
+    old = host.check_output("openssl x509 -noout -serial -in /etc/ssl/cluster/server.crt")
+    left = host.check_output("openssl x509 -noout -enddate -in /etc/ssl/cluster/server.crt").split("=", 1)[1]
+    days_left = int((time.mktime(time.strptime(left, "%b %d %H:%M:%S %Y %Z")) - time.time()) // 86400)
+    renew = {"pki_renew_before_days": days_left + 10, "pki_certificate_valid_days": days_left + 100}
+    run = _playbook("converge.yml", "--tags", "pki,edge_proxy", "-e", json.dumps(renew))
+    assert run.rc == 0, run.stdout[-3000:]
+    new = host.check_output("openssl x509 -noout -serial -in /etc/ssl/cluster/server.crt")
+    assert new != old
+    served = host.check_output(
+        "echo | openssl s_client -connect 127.0.0.1:443 -servername edge-proxy 2>/dev/null"
+        " | openssl x509 -noout -serial"
+    )
+    assert served == new
+    assert edge.handshake()[0] == "TLSv1.3"
+
+
+# --- Privacy (last: it reads every log the tests above produced) ---------------------------
+
+
+def test_no_prompt_text_and_no_api_key_in_any_log(host):
+    """Every log file (compressed ones too) and the journal: no key, no line of a prompt."""
+    secrets = ALL_KEYS + [m for c in waf_sets.benign_cases() for m in c.markers]
+    patterns = "\n".join(secrets) + "\n"
+    encoded = shlex.quote(base64.b64encode(patterns.encode()).decode())
+    host.run_expect([0], f"printf %s {encoded} | base64 -d > /root/.leak-patterns")
+    size = int(host.check_output("find /var/log -type f -exec cat {} + | wc -c"))
+    assert size > 10_000  # the access and audit logs are there
+    found = host.run(
+        "{ find /var/log -type f -name '*.gz' -exec zcat {} + ; find /var/log -type f ! -name '*.gz' -exec cat {} + ;"
+        " journalctl --no-pager -o cat ; } 2>/dev/null | grep -aoFf /root/.leak-patterns | sort -u"
+    ).stdout.strip()
+    assert found == "", f"{len(found.splitlines())} key(s) or prompt lines found in the logs"
