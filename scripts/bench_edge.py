@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Measure what the edge proxy costs: the upstream directly, through the proxy with the WAF
+off, and with it on, in one run at the same load.
+
+    scripts/bench_edge.py [--output docs/benchmarks/edge-overhead.md] [--rounds 3]
+                          [--duration 10] [--concurrency 32] [--keep]
+
+One throw-away systemd container from the lab's base image holds everything, so all
+traffic stays on its loopback and every configuration shares the same two CPU cores:
+  * the backend: the trtllm-serve TEST DOUBLE (tests/doubles/trtllm-standin), answering a
+    chat completion with one token and no delay, run by the same test fixture as the
+    tests (serve-directly.yml);
+  * the edge: playbooks/security.yml (pki, for the certificate) and playbooks/edge.yml
+    (edge_proxy) converged on it over the Docker connection, with limits raised out of
+    the way;
+  * the load: Debian's wrk, installed in the container, keep-alive connections, the same
+    chat POST (a prompt with code in it) for every target.
+
+The WAF is switched with the role's own `modsecurity on|off` line (what
+edge_proxy_waf_enabled renders) between measurements, so the three targets are measured
+interleaved, round after round, under the same conditions. Besides wrk's latency and
+rate, the nginx workers' CPU time per request is read from /proc: it shows the WAF's
+cost even when other work on the machine disturbs latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from labkit.cli import SYSTEMD_RUN_ARGS  # noqa: E402
+
+IMAGE = "local/llmlab-debian12:bookworm"
+CONTAINER = "llmbench-edge"
+CHAT_BODY = {
+    "model": "standin",
+    "max_tokens": 1,
+    "temperature": 0.2,
+    "messages": [
+        {"role": "system", "content": "You are a careful senior engineer."},
+        {
+            "role": "user",
+            "content": "Why is this unsafe, and how do I fix it?\n"
+            "rows = db.execute(f\"SELECT * FROM users WHERE name = '{name}'\")\n"
+            "os.system('grep ' + name + ' /var/log/app.log')\n"
+            "return f'<div>{name}</div><script>track()</script>'",
+        },
+    ],
+}
+TARGETS = {
+    "upstream directly": "http://127.0.0.1:8000/v1/chat/completions",
+    "proxy, WAF off": "https://127.0.0.1:443/v1/chat/completions",
+    "proxy, WAF on": "https://127.0.0.1:443/v1/chat/completions",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run(argv: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, **kw)
+    if check and proc.returncode != 0:
+        raise SystemExit(
+            f"`{' '.join(argv[:6])} ...` failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def sh(script: str, check: bool = True) -> str:
+    return run(["docker", "exec", CONTAINER, "sh", "-c", script], check=check).stdout
+
+
+@dataclass
+class Sample:
+    target: str
+    concurrency: int
+    requests: int = 0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    nginx_cpu_ms: float | None = None
+    load: float = 0.0
+    raw: str = field(default="", repr=False)
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def parse_wrk(out: str, sample: Sample) -> None:
+    sample.raw = out
+    sample.requests = int(re.search(r"(\d+) requests in", out).group(1))
+    sample.rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    sample.p50_ms = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    sample.p99_ms = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    sample.errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
+
+
+NGINX_CPU = r"""
+t=0; m=$(cat /run/nginx.pid)
+for s in /proc/[0-9]*/stat; do
+  set -- $(cat "$s" 2>/dev/null) ; [ "$4" = "$m" ] && t=$((t + ${14} + ${15}))
+done; echo $t
+"""
+
+
+def measure(target: str, url: str, concurrency: int, duration: int, key: str) -> Sample:
+    sample = Sample(target, concurrency, load=os.getloadavg()[0])
+    threads = 1 if concurrency == 1 else 2
+    before = int(sh(NGINX_CPU).strip() or 0)
+    out = sh(
+        f"wrk -t{threads} -c{concurrency} -d{duration}s --latency -s /root/bench-post.lua -H 'X-API-KEY: {key}' {url}"
+    )
+    after = int(sh(NGINX_CPU).strip() or 0)
+    parse_wrk(out, sample)
+    if not url.startswith("http://127.0.0.1:8000") and sample.requests:
+        ticks = os.sysconf("SC_CLK_TCK")
+        sample.nginx_cpu_ms = (after - before) * 1000 / ticks / sample.requests
+    return sample
+
+
+def set_waf(on: bool) -> None:
+    want, other = ("on", "off") if on else ("off", "on")
+    sh(
+        f"sed -i 's/^    modsecurity {other};$/    modsecurity {want};/' /etc/nginx/edge/site.conf"
+        f" && grep -q '^    modsecurity {want};$' /etc/nginx/edge/site.conf && /usr/local/sbin/edge-proxy-reload"
+    )
+
+
+def setup(workdir: Path) -> str:
+    run(["docker", "rm", "-f", CONTAINER], check=False)
+    log(f"starting {CONTAINER} from {IMAGE}")
+    run(["docker", "run", "-d", "--name", CONTAINER, "--hostname", CONTAINER, "--label", "org.llmlab.bench=edge",
+         *SYSTEMD_RUN_ARGS, IMAGE])  # fmt: skip
+    for _ in range(120):
+        state = run(["docker", "exec", CONTAINER, "systemctl", "is-system-running"], check=False).stdout.strip()
+        if state in ("running", "degraded"):
+            break
+        time.sleep(1)
+    key = secrets.token_hex(24)
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_connection": "community.docker.docker",
+                "cluster_name": "bench",
+                "cluster_secrets": {"pki_ca_passphrase": secrets.token_hex(16), "edge_api_keys": {"bench": key}},
+                "edge_proxy_rate_per_key": 1000000,
+                "edge_proxy_burst_per_key": 1000000,
+                "edge_proxy_rate_per_ip": 1000000,
+                "edge_proxy_burst_per_ip": 1000000,
+                "edge_proxy_streams_per_key": 100000,
+            },
+            "children": {g: {"hosts": {CONTAINER: {}}} for g in ("edge", "gpu_nodes", "ops")},
+        }
+    }
+    inv = workdir / "inventory.yml"
+    inv.write_text(json.dumps(inventory))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_CACHE_PLUGIN="memory")
+    standin = {"standin_endpoints": [{"port": 8000, "colour": "blue", "weight": 100, "state": "active",
+                                      "env": {"STANDIN_TOKEN_DELAY_MS": 0, "STANDIN_TOKENS": 1}}]}  # fmt: skip
+    for playbook, extra in (
+        ("tests/doubles/trtllm-standin/serve-directly.yml", json.dumps(standin)),
+        ("playbooks/security.yml", "{}"),
+        ("playbooks/edge.yml", "{}"),
+    ):
+        log(f"ansible-playbook {playbook}")
+        run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inv), playbook, "-e", extra],
+            cwd=ROOT, env=env)  # fmt: skip
+    log("installing wrk from the distribution")
+    sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null")
+    body = json.dumps(CHAT_BODY).replace("\\", "\\\\").replace("]]", "] ]")
+    lua = f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n'
+    run(["docker", "exec", "-i", CONTAINER, "sh", "-c", "cat > /root/bench-post.lua"], input=lua)
+    return key
+
+
+def versions() -> dict[str, str]:
+    pkgs = sh("dpkg-query -W -f '${Package} ${Version}\\n' nginx libmodsecurity3 libnginx-mod-http-modsecurity "
+              "modsecurity-crs wrk")  # fmt: skip
+    return {"host": platform.node(), "cpus": str(os.cpu_count()), "packages": pkgs.strip()}
+
+
+def render(samples: list[Sample], args: argparse.Namespace, info: dict[str, str], began: float) -> str:
+    def agg(target: str, conc: int) -> dict[str, float]:
+        rows = [s for s in samples if s.target == target and s.concurrency == conc]
+        cpu = [s.nginx_cpu_ms for s in rows if s.nginx_cpu_ms is not None]
+        return {
+            "rps": statistics.median(s.rps for s in rows),
+            "p50": statistics.median(s.p50_ms for s in rows),
+            "p99": statistics.median(s.p99_ms for s in rows),
+            "errors": sum(s.errors for s in rows),
+            "cpu": statistics.median(cpu) if cpu else float("nan"),
+            "load": statistics.mean(s.load for s in rows),
+        }
+
+    lines = [
+        "# Edge proxy overhead: upstream directly, proxy without WAF, proxy with WAF",
+        "",
+        f"Measured by `scripts/bench_edge.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(began))}, "
+        f"{args.rounds} rounds of {args.duration} s per target and concurrency, targets interleaved; "
+        "each figure is the median over the rounds.",
+        "",
+        "Setup: one container (the lab's Debian 12 image) on a "
+        f"{info['cpus']}-CPU machine; backend = the trtllm-serve test double (one token, no delay); "
+        "edge = `edge_proxy` as converged by playbooks/edge.yml (TLS 1.3, HTTP/1.1 keep-alive from wrk, "
+        "API key check, ModSecurity v3 + CRS at paranoia level 1 with the prompt-field exclusions, JSON access "
+        "log); load = wrk over loopback, one chat POST of "
+        f"{len(json.dumps(CHAT_BODY))} bytes with code in the prompt. `nginx CPU` is the nginx workers' "
+        "CPU time per request (from /proc).",
+        "",
+        "| target | concurrency | requests/s | p50 (ms) | p99 (ms) | errors | nginx CPU per request (ms) | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for conc in (1, args.concurrency):
+        for target in TARGETS:
+            a = agg(target, conc)
+            cpu = "" if a["cpu"] != a["cpu"] else f"{a['cpu']:.3f}"
+            lines.append(f"| {target} | {conc} | {a['rps']:.0f} | {a['p50']:.3f} | {a['p99']:.3f} | {int(a['errors'])} "
+                         f"| {cpu} | {a['load']:.1f} |")  # fmt: skip
+    d, off, on = (agg(t, 1) for t in TARGETS)
+    hi_on = agg("proxy, WAF on", args.concurrency)
+    lines += [
+        "",
+        "## Against the targets",
+        "",
+        f"- WAF-inspected chat POST at concurrency 1, median over the upstream directly: "
+        f"**+{on['p50'] - d['p50']:.3f} ms** (target: at most +1 ms; the proxy without WAF adds "
+        f"+{off['p50'] - d['p50']:.3f} ms, so the WAF itself {on['p50'] - off['p50']:+.3f} ms; its CPU cost per "
+        f"request {on['cpu'] - off['cpu']:.3f} ms).",
+        f"- Throughput through the WAF at concurrency {args.concurrency}: **{hi_on['rps']:.0f} chat POST/s** "
+        f"(target: at least 2,000 on the 2-core lab). The backend's own ceiling in the same run: "
+        f"{agg('upstream directly', args.concurrency)['rps']:.0f}/s.",
+        "",
+        "Reference: Debian's ModSecurity + CRS 3.3.4 at paranoia level 1, enabled naively, measured +1.6 ms "
+        "median and 578 POST/s at concurrency 1 on our machines.",
+        "",
+        "## Environment",
+        "",
+        "```",
+        info["packages"],
+        "```",
+        "",
+        "Raw wrk output of every measurement: the `.json` file beside this one.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "edge-overhead.md")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--concurrency", type=int, default=32, help="the throughput measurement's connections")
+    parser.add_argument("--keep", action="store_true", help="leave the container running afterwards")
+    args = parser.parse_args()
+    began = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            key = setup(Path(tmp))
+            info = versions()
+            samples: list[Sample] = []
+            for rnd in range(1, args.rounds + 1):
+                for target, url in TARGETS.items():
+                    set_waf(target != "proxy, WAF off")
+                    for conc in (1, args.concurrency):
+                        s = measure(target, url, conc, args.duration, key)
+                        log(f"round {rnd}: {target:18} c={conc:<3} {s.rps:8.0f}/s p50 {s.p50_ms:7.3f} ms "
+                            f"p99 {s.p99_ms:7.3f} ms errors {s.errors} load {s.load:.1f}")  # fmt: skip
+                        samples.append(s)
+            set_waf(True)
+        finally:
+            if not args.keep:
+                run(["docker", "rm", "-f", CONTAINER], check=False)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(render(samples, args, info, began))
+    raw = [s.__dict__ for s in samples]
+    args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+    log(f"wrote {args.output} and {args.output.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
