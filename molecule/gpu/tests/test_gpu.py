@@ -86,3 +86,174 @@ def test_broken_daemon_json_is_refused_and_left_untouched(host):
     finally:
         host.run_expect([0], "cp /root/daemon.json.good /etc/docker/daemon.json")
     assert host.file("/etc/docker/daemon.json").content_string == original
+
+
+# --- gpu_facts ----------------------------------------------------------------------
+
+
+def test_gpus_and_nvswitches_recorded_as_local_fact(host):
+    fact = json.loads(host.file("/etc/ansible/facts.d/nvidia_gpu.fact").content_string)
+    assert fact["source"] == "pci"
+    assert fact["count"] == 8
+    assert fact["models"] == ["GH100 [H100 SXM5 80GB]"]
+    assert fact["nvswitch_count"] == 4
+
+
+# --- nvidia_driver ------------------------------------------------------------------
+
+DRIVER = "580.95.05-1"
+DRIVER_HELD = ["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced", "nvidia-fabricmanager",
+               "libnvidia-nscq"]  # fmt: skip
+
+
+def installed(host, pattern: str = "") -> dict[str, str]:
+    out = host.check_output("dpkg-query -W -f '${db:Status-Abbrev} ${Package} ${Version}\\n'")
+    return {f[1]: f[2] for f in (line.split() for line in out.splitlines()) if f[0][1] == "i" and pattern in f[1]}
+
+
+def driver_packages(host) -> dict[str, str]:
+    return {
+        name: version
+        for name, version in installed(host).items()
+        if name.startswith(("nvidia-", "libnvidia-", "libcuda")) and "container" not in name
+    }
+
+
+def test_driver_upgraded_in_place_from_the_held_570_branch(host):
+    packages = driver_packages(host)
+    assert set(packages.values()) == {DRIVER}, packages  # dependencies included: nothing of 570 is left
+    assert "nvidia-kernel-support" in packages and "libcuda1" in packages
+
+
+def test_driver_pinned_and_held_although_a_newer_release_exists(host):
+    assert set(host.check_output("apt-mark showhold").split()) >= set(DRIVER_HELD)
+    policy = host.check_output("apt-cache policy nvidia-driver-cuda")
+    assert "580.126.09-1" in policy  # the newer release is there ...
+    assert f"Candidate: {DRIVER}" in policy  # ... but the pin wins
+    upgrade = host.check_output("apt-get -s -o Debug::NoLocking=1 dist-upgrade")
+    assert "nvidia" not in upgrade and "libcuda" not in upgrade, upgrade
+
+
+def test_kernel_headers_and_dkms_for_the_running_kernel(host):
+    kernel = host.check_output("uname -r")
+    assert f"linux-headers-{kernel}" in installed(host)
+    assert "dkms" in installed(host)
+
+
+def test_fabric_manager_with_nvswitches_locked_to_the_driver(host):
+    assert installed(host)["nvidia-fabricmanager"] == DRIVER
+    assert host.service("nvidia-fabricmanager").is_enabled
+
+
+def test_persistenced_enabled_in_persistence_mode(host):
+    assert host.service("nvidia-persistenced").is_enabled
+    unit = host.check_output("systemctl cat nvidia-persistenced")
+    assert "--persistence-mode" in unit.split("ExecStart=\n")[-1]
+
+
+def test_reboot_recorded_not_done_in_a_container(host):
+    assert "580.95.05" in host.file("/run/nvidia-driver.reboot-required").content_string
+    assert host.file("/run/reboot-required").exists
+
+
+# --- cuda_toolkit -------------------------------------------------------------------
+
+
+def test_cuda_nccl_cudnn_pinned_and_matching(host):
+    packages = installed(host)
+    assert packages["cuda-toolkit-13-0"] == "13.0.2-1"  # 13.0.3-1 exists
+    assert packages["libnccl2"] == packages["libnccl-dev"] == "2.28.3-1+cuda13.0"  # built for CUDA 13.0
+    assert packages["libcudnn9-cuda-13"] == packages["libcudnn9-dev-cuda-13"] == "9.13.0.50-1"
+    held = host.check_output("apt-mark showhold").split()
+    assert {"cuda-toolkit-13-0", "libnccl2", "libcudnn9-cuda-13"} <= set(held)
+
+
+def test_cuda_on_the_path_of_login_shells(host):
+    assert host.check_output("bash -lc 'command -v nvcc'") == "/usr/local/cuda-13.0/bin/nvcc"
+    assert host.check_output("bash -lc 'echo $CUDA_HOME'") == "/usr/local/cuda-13.0"
+
+
+# --- nvidia_container_toolkit -------------------------------------------------------
+
+
+def test_toolkit_pinned_and_docker_20_gets_the_runtime_hook_mode(host):
+    assert installed(host)["nvidia-container-toolkit"] == "1.18.0-1"  # 1.18.1-1 exists
+    fact = json.loads(host.file("/etc/ansible/facts.d/nvidia_container_toolkit.fact").content_string)
+    assert fact["docker_version"].startswith("20.10")
+    assert fact["mode"] == "legacy"  # Docker 20.10 has no CDI
+    assert fact["docker_gpu_args"] == ["--gpus", "all"]
+
+
+def test_runtime_merged_into_daemon_json_next_to_the_other_keys(host):
+    config = daemon_json(host)
+    assert config["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+    assert config["default-shm-size"] == "1G" and config["live-restore"] is True
+    assert "nvidia" in json.loads(host.check_output("docker info --format '{{json .Runtimes}}'"))
+
+
+def test_gpu_containers_start_through_the_runtime_and_the_hook(host, probe_image):
+    # The stand-in runtime passes to runc and the stand-in hook lets the container start:
+    # what is real here is Docker's configuration and its --gpus path.
+    assert host.check_output(f"docker run --rm --runtime=nvidia {probe_image} /bin/dash -c 'echo runtime'") == "runtime"
+    assert host.check_output(f"docker run --rm --gpus all {probe_image} /bin/dash -c 'echo gpus'") == "gpus"
+
+
+def test_cdi_spec_names_the_installed_driver(host):
+    spec = host.file("/etc/cdi/nvidia.yaml").content_string
+    assert "kind: nvidia.com/gpu" in spec
+    assert "libcuda.so.580.95.05" in spec
+
+
+# --- the layer as a whole, and drift -------------------------------------------------
+
+
+def test_check_mode_on_the_converged_node_reports_nothing_and_validation_waits(host):
+    run = gpu_playbook("--check")
+    assert run.rc == 0, run.failures()
+    assert run.changed_tasks() == {}, run.changed_tasks()
+    # The driver installed by the converge is not loaded (no reboot in a container).
+    assert "the GPUs run the new driver only after a reboot" in run.stdout
+
+
+def test_gpu_validate_fails_without_nvml_once_the_reboot_is_done(host):
+    host.run_expect([0], "mv /run/nvidia-driver.reboot-required /root/reboot-required.saved")
+    try:
+        # "Rebooted", but no driver loads in a container: NVML cannot be loaded, and that is a failure.
+        run = gpu_playbook("--tags", "gpu_validate")
+        assert run.rc != 0
+        messages = " ".join(m for msgs in run.failures().values() for m in msgs)
+        assert "GPU validation could not run: NVML could not be loaded" in messages, messages
+    finally:
+        host.run_expect([0], "mv /root/reboot-required.saved /run/nvidia-driver.reboot-required")
+
+
+def test_manual_driver_upgrade_put_back_by_tags_nvidia_driver_and_cdi_spec_follows(host):
+    newer = "580.126.09-1"
+    names = ["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-kernel-support", "libcuda1", "libnvidia-ml1",
+             "nvidia-smi", "nvidia-persistenced", "nvidia-fabricmanager", "libnvidia-nscq"]  # fmt: skip
+    host.run_expect(
+        [0], "apt-get install -y -q --allow-change-held-packages " + " ".join(f"{n}={newer}" for n in names)
+    )
+    assert set(driver_packages(host).values()) == {newer}
+
+    # The CDI spec follows the driver that is installed, whichever it is.
+    refresh = gpu_playbook("--tags", "nvidia_container_toolkit")
+    assert refresh.rc == 0, refresh.failures()
+    assert "libcuda.so.580.126.09" in host.file("/etc/cdi/nvidia.yaml").content_string
+
+    fix = gpu_playbook("--tags", "nvidia_driver")
+    assert fix.rc == 0, fix.failures()
+    changed = fix.changed_tasks()["gpu-node"]
+    assert any(t.startswith("nvidia_driver : NVIDIA driver | Driver packages") for t in changed), changed
+    assert set(driver_packages(host).values()) == {DRIVER}
+    assert set(host.check_output("apt-mark showhold").split()) >= set(DRIVER_HELD)
+
+
+def test_zz_no_fabric_manager_without_nvswitches(host):
+    """Runs last: it leaves the node as a PCIe server (4 L40S, Secure Boot on)."""
+    run = gpu_playbook("--tags", "nvidia_driver", "-e", "gpu_facts_root=/srv/gpu-fixtures/pcie-l40s-4gpu")
+    assert run.rc == 0, run.failures()
+    assert "nvidia-fabricmanager" not in installed(host)
+    assert "libnvidia-nscq" not in installed(host)
+    assert set(driver_packages(host).values()) == {DRIVER}
+    assert "UEFI Secure Boot is on" in run.stdout and "mokutil --import" in run.stdout
