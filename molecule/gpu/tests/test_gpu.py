@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])))
-from tests.helpers.ansible_run import run_playbook
+sys.path.insert(0, str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "scripts"))
+from toolkit.ansible_run import run_playbook
 
 ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 GPU_PLAYBOOK = ROOT / "playbooks" / "gpu.yml"
