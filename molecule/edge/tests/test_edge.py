@@ -24,8 +24,10 @@ import yaml
 ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from toolkit.ansible_run import run_playbook  # noqa: E402
+
 from tests.helpers import waf_sets  # noqa: E402
-from tests.helpers.ansible_run import run_playbook  # noqa: E402
 from tests.helpers.edge_client import EdgeClient, http_get  # noqa: E402
 
 testinfra_hosts = ["edge-proxy"]
