@@ -66,9 +66,10 @@ print(json.dumps(results))
 
 
 def listener_command(ports: Iterable[int]) -> str:
-    """A shell command that starts the listener in the background (it outlives the shell)."""
+    """A shell command that starts the listener in the background (it outlives the shell) and
+    prints its process id."""
     args = " ".join(str(p) for p in sorted(set(ports)))
-    return f"setsid -f python3 -c {_quote(LISTENER)} {args} >/dev/null 2>&1 </dev/null"
+    return f"nohup python3 -c {_quote(LISTENER)} {args} >/dev/null 2>&1 </dev/null & echo $!"
 
 
 def probe_command(targets: list[tuple[str, int]], timeout: float = 3.0, serial: bool = False) -> str:

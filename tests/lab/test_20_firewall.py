@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -63,12 +64,12 @@ def probe_from(lab: Lab, source: str, targets: list[tuple[str, int]]) -> dict[tu
 
 
 @pytest.fixture(scope="module")
-def probed_ports(converged: Lab) -> dict[str, dict[int, str]]:
+def probed_ports(converged: Lab) -> Iterator[dict[str, dict[int, str]]]:
     """Listeners where nothing listens yet; the ports that accept on each host's lab address."""
-    result = {}
+    result, pids = {}, {}
     for host in converged.hosts():
         ports = ports_of(converged, host)
-        converged.exec(host, netprobe.listener_command(ports))
+        pids[host] = converged.exec(host, netprobe.listener_command(ports)).stdout.strip()
         targets = [(converged.address(host), p) for p in ports]
         for _ in range(20):
             outcome = probe_from(converged, host, targets)  # from the host itself: loopback, allowed
@@ -79,7 +80,9 @@ def probed_ports(converged: Lab) -> dict[str, dict[int, str]]:
         if loopback_only:
             warnings.warn(f"{host}: ports {loopback_only} accept only on loopback; not probed", stacklevel=1)
         result[host] = {p: s for p, s in ports.items() if p not in loopback_only}
-    return result
+    yield result
+    for host, pid in pids.items():
+        converged.exec(host, f"kill {pid}", check=False)
 
 
 def test_zone_matrix_on_the_lab(converged: Lab, probed_ports):
