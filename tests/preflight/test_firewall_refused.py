@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-from tests.helpers.ansible_run import run_playbook  # noqa: E402
+sys.path.insert(0, str(ROOT / "scripts"))
+from toolkit.ansible_run import run_playbook  # noqa: E402
 
 PREFLIGHT = ROOT / "playbooks" / "preflight.yml"
 SERVICES = {
