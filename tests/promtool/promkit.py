@@ -46,9 +46,11 @@ def tool(name: str) -> str:
         return str(unpacked)
     debs = TOOLS / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
         raise ToolMissing(f"{name} is not installed and this is no Debian/Ubuntu controller: install {PACKAGES[name]}")
-    proc = subprocess.run(["apt-get", "download", PACKAGES[name]], cwd=debs, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["apt-get", "download", PACKAGES[name]], cwd=debs, capture_output=True, text=True, check=False
+    )
     for deb in sorted(debs.glob(f"{PACKAGES[name]}_*.deb")):
         subprocess.run(["dpkg-deb", "-x", str(deb), str(TOOLS)], check=True)
     if not unpacked.is_file():

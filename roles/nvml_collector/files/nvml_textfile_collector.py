@@ -23,6 +23,7 @@ Exit status: 0 when NVML answered (failed queries are counted in nvml_collector_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -156,7 +157,8 @@ class GpuReader:
         try:
             return fn(*args)
         except self.nvml.NVMLError as err:
-            unsupported = (self.nvml.NVML_ERROR_NOT_SUPPORTED, getattr(self.nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", 13))
+            n = self.nvml
+            unsupported = (n.NVML_ERROR_NOT_SUPPORTED, getattr(n, "NVML_ERROR_FUNCTION_NOT_FOUND", 13))
             if getattr(err, "value", None) not in unsupported:
                 self.out.read_errors += 1
             return None
@@ -212,9 +214,10 @@ class GpuReader:
             add("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", labels, unc)
             add("DCGM_FI_DEV_ROW_REMAP_PENDING", labels, 1 if pending else 0)
             add("DCGM_FI_DEV_ROW_REMAP_FAILURE", labels, 1 if failure else 0)
-        reasons_fn = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
-            n, "nvmlDeviceGetCurrentClocksThrottleReasons"
-        )
+        # Older nvidia-ml-py calls them throttle reasons.
+        reasons_fn = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None)
+        if reasons_fn is None:
+            reasons_fn = n.nvmlDeviceGetCurrentClocksThrottleReasons
         self._maybe("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", labels, reasons_fn, handle)
         self._nvlink(handle, labels)
         if not bus_id:
@@ -310,10 +313,8 @@ def collect(nvml: Any, kernel_log: list[str] | None) -> Collection:
                 for xid in sorted(set(events)):
                     out.add("nvml_xid_errors_since_boot", {**labels, "xid": str(xid)}, events.count(xid))
     finally:
-        try:
+        with contextlib.suppress(nvml.NVMLError):
             nvml.nvmlShutdown()
-        except nvml.NVMLError:
-            pass
     return out
 
 
