@@ -1,0 +1,435 @@
+"""The observability layer on the converged lab: Prometheus on the ops host scrapes the
+whole lab, the rules and dashboards read metrics that exist, and alerts reach a receiver.
+
+The expected scrape targets are computed here from the inventory (topology, cluster_services,
+the hosts' own local facts), independently of the prometheus role's scrape configuration.
+
+Where the serving layer is not in this tree yet, a TEST FIXTURE stands in for it: it runs the
+trtllm-serve test double (tests/doubles/trtllm-standin) with python3 as a transient systemd
+unit on every GPU node and writes the llm_serving local fact as the serving role would
+(docs/serving-edge-contract.md), then re-runs the prometheus role so it picks them up.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.parse
+
+import pytest
+import yaml
+from conftest import ROOT, Lab, _summary, quote
+
+sys.path.insert(0, str(ROOT / "tests" / "promtool"))
+import promkit
+
+pytestmark = pytest.mark.usefixtures("converged")
+
+SERVICES = ROOT / "inventories" / "lab" / "group_vars" / "all" / "services.yml"
+GPU_ONLY = set(yaml.safe_load((ROOT / "tests" / "promtool" / "gpu-only-metrics.yml").read_text())["metrics"])
+STANDIN = ROOT / "tests" / "doubles" / "trtllm-standin" / "trtllm-serve"
+STANDIN_DIR = "/opt/llmlab-standin"
+STANDIN_UNIT = "llm-serving-standin-chat-blue"
+STANDIN_MODEL = "llama-3.1-8b-instruct"
+SINK_PORT = 9095  # inventories/lab/group_vars/all/observability.yml
+HAS_SERVING = (ROOT / "roles" / "llm_serving" / "tasks" / "main.yml").is_file()
+HAS_EDGE = (ROOT / "roles" / "edge_proxy" / "tasks" / "main.yml").is_file()
+RULES_DIR = "/etc/prometheus/rules.d"
+
+
+def _services() -> dict:
+    for path in (SERVICES, ROOT / "inventories" / "example" / "group_vars" / "all" / "services.yml"):
+        if path.is_file():
+            return yaml.safe_load(path.read_text())["cluster_services"]
+    raise AssertionError("no cluster_services file found")
+
+
+def ops_host(lab: Lab) -> str:
+    return lab.hosts("ops")[0]
+
+
+def prom(lab: Lab, path: str, port: int = 9090, **params: str) -> dict:
+    """GET a Prometheus/Alertmanager API path on the ops host (from the host itself)."""
+    url = f"http://127.0.0.1:{port}{path}" + (("?" + urllib.parse.urlencode(params)) if params else "")
+    code = f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=20).read().decode())"
+    out = lab.exec(ops_host(lab), f"python3 -c {quote(code)}")
+    return json.loads(out.stdout)
+
+
+def query(lab: Lab, expr: str) -> list[dict]:
+    return prom(lab, "/api/v1/query", query=expr)["data"]["result"]
+
+
+def wait_for(what: str, check, timeout: float = 120, interval: float = 3):
+    """Poll check() until it returns something truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def read_fact(lab: Lab, host: str, name: str) -> dict | None:
+    out = lab.exec(host, f"cat /etc/ansible/facts.d/{name}.fact", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def start_standin(lab: Lab, host: str, **env: str) -> None:
+    """(Re)start the stand-in as a transient unit named like the serving units."""
+    lab.exec(host, f"systemctl stop {STANDIN_UNIT}; systemctl reset-failed {STANDIN_UNIT}; true", check=False)
+    setenv = " ".join(f"--setenv={k}={quote(v)}" for k, v in env.items())
+    lab.exec(
+        host,
+        f"systemd-run --unit={STANDIN_UNIT} --property=Restart=always {setenv} "
+        f"python3 {STANDIN_DIR}/trtllm-serve {STANDIN_DIR}/model --host 0.0.0.0 --port 8000",
+    )
+
+
+@contextlib.contextmanager
+def for_overlay(lab: Lab, rule_file: str, alert: str):
+    """TEST OVERLAY: the deployed rule file with `alert`'s `for:` set to 0s (checked by
+    promtool, Prometheus reloaded), put back byte for byte afterwards, so no role run is
+    needed and the host is left as converged."""
+    ops = ops_host(lab)
+    path = f"{RULES_DIR}/{rule_file}"
+    original = lab.exec(ops, f"cat {path}").stdout
+    pattern = re.compile(rf"(- alert: {alert}\n(?:(?!\s*- alert:).*\n)*?\s*for: )\S+")
+    changed, count = pattern.subn(r"\g<1>0s", original)
+    assert count == 1, f"no `for:` of {alert} in {path}"
+
+    def install(text: str) -> None:
+        data = base64.b64encode(text.encode()).decode()
+        lab.exec(ops, f"echo {data} | base64 -d > {path}.new && promtool check rules {path}.new >/dev/null"
+                      f" && mv {path}.new {path} && systemctl reload prometheus")  # fmt: skip
+
+    def duration() -> float | None:
+        groups = prom(lab, "/api/v1/rules", type="alert")["data"]["groups"]
+        found = [r["duration"] for g in groups for r in g["rules"] if r["name"] == alert]
+        return found[0] if found else None
+
+    install(changed)
+    try:
+        wait_for(f"{alert} reloaded with for: 0s", lambda: duration() == 0, timeout=60)
+        yield
+    finally:
+        install(original)
+        wait_for(f"{alert} reloaded as deployed", lambda: duration() not in (None, 0), timeout=60)
+
+
+@pytest.fixture(scope="module")
+def serving(converged: Lab) -> Lab:
+    """Serving endpoints on the GPU nodes: the serving role's, or the stand-in fixture's."""
+    if not HAS_SERVING:
+        for host in converged.hosts("gpu_nodes"):
+            container = converged.topo.container(host)
+            converged.exec(host, f"mkdir -p {STANDIN_DIR}/model /etc/ansible/facts.d")
+
+            subprocess.run(["docker", "cp", str(STANDIN), f"{container}:{STANDIN_DIR}/trtllm-serve"], check=True)
+            config = json.dumps({"_name_or_path": STANDIN_MODEL})
+            converged.exec(host, f"echo {quote(config)} > {STANDIN_DIR}/model/config.json")
+            start_standin(converged, host)
+            endpoint = {"instance": "chat", "model": STANDIN_MODEL, "colour": "blue", "port": 8000, "weight": 100}
+            fact = {"endpoints": [{**endpoint, "state": "active", "metrics_path": "/prometheus/metrics"}]}
+            converged.exec(host, f"echo {quote(json.dumps(fact))} > /etc/ansible/facts.d/llm_serving.fact")
+        # The layers that read the serving facts follow them, as after a serving rollout.
+        run = converged.playbook("--tags", "prometheus,edge_proxy")
+        assert run.rc == 0, _summary(run)
+    return converged
+
+
+def expected_targets(lab: Lab) -> set[tuple[str, str]]:
+    """(job, instance) of every target the lab should have, from the inventory and facts."""
+    services = _services()
+    ops = ops_host(lab)
+    expected = {("node", f"{lab.address(h)}:{services['node_exporter']['port']}") for h in lab.hosts()}
+    expected |= {("prometheus", f"{lab.address(ops)}:{services['prometheus']['port']}"),
+                 ("alertmanager", f"{lab.address(ops)}:{services['alertmanager']['port']}"),
+                 ("blackbox", "127.0.0.1:9115")}  # fmt: skip
+    if HAS_EDGE:
+        expected |= {("edge", f"{lab.address(h)}:{services['edge_metrics']['port']}") for h in lab.hosts("edge")}
+    for host in lab.hosts("gpu_nodes"):
+        if (read_fact(lab, host, "nvidia_gpu") or {}).get("count", 0) > 0:
+            expected.add(("dcgm", f"{lab.address(host)}:{services['dcgm_exporter']['port']}"))
+        for ep in (read_fact(lab, host, "llm_serving") or {}).get("endpoints", []):
+            if ep.get("state", "active") != "down":
+                expected.add(("serving", f"{lab.address(host)}:{ep['port']}"))
+                expected.add(("serving_readiness", f"http://{lab.address(host)}:{ep['port']}/health"))
+    return expected
+
+
+def test_prometheus_scrapes_every_expected_target_and_each_is_up(serving: Lab):
+    expected = expected_targets(serving)
+    assert any(job == "serving" for job, _ in expected), "no serving endpoint in the lab"
+
+    def state():
+        active = prom(serving, "/api/v1/targets", state="active")["data"]["activeTargets"]
+        seen = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in active}
+        if any(seen.get(t) != "up" for t in expected):
+            return None
+        return seen
+
+    try:
+        seen = wait_for("every expected target up", state, timeout=90)
+    except AssertionError:
+        active = prom(serving, "/api/v1/targets", state="active")["data"]["activeTargets"]
+        report = {(t["labels"]["job"], t["labels"]["instance"]): (t["health"], t["lastError"]) for t in active}
+        raise AssertionError(f"expected {sorted(expected)}\nPrometheus has {report}") from None
+    unexpected = set(seen) - expected
+    if not HAS_EDGE:
+        # The edge's mtail is scraped from cluster_services, but the edge layer is not built yet.
+        unexpected = {t for t in unexpected if t[0] != "edge"}
+    assert not unexpected, f"targets Prometheus scrapes that the inventory does not explain: {unexpected}"
+
+
+def _deployed_rules(lab: Lab) -> list[dict]:
+    out = lab.exec(ops_host(lab), f"for f in {RULES_DIR}/*.yml; do echo '---'; cat $f; done").stdout
+    rules = []
+    for doc in yaml.safe_load_all(out):
+        for group in (doc or {}).get("groups") or []:
+            rules.extend(group.get("rules") or [])
+    return rules
+
+
+def _metric_names(lab: Lab) -> set[str]:
+    return set(prom(lab, "/api/v1/label/__name__/values")["data"])
+
+
+def test_every_metric_the_rules_read_is_in_the_lab_scrape(serving: Lab):
+    """Except the GPU-only list (no GPU here) and, until the edge layer exists, edge_* metrics."""
+    rules = _deployed_rules(serving)
+    recorded = {r["record"] for r in rules if "record" in r}
+    # Series with a colon are recording rules (the unit tests check each is recorded by a rule).
+    used = {n for n in set().union(*(promkit.metric_names(r["expr"]) for r in rules)) - recorded if ":" not in n}
+    needed = used - GPU_ONLY - ({n for n in used if n.startswith("edge_")} if not HAS_EDGE else set())
+    try:
+        wait_for("the rules' metrics in the scrape", lambda: not (needed - _metric_names(serving)), timeout=60)
+    except AssertionError:
+        missing = sorted(needed - _metric_names(serving))
+        raise AssertionError(f"metrics the rules read, not in the lab: {missing}") from None
+
+
+def _gpu_or_edge_only(expr: str, rules: list[dict]) -> bool:
+    """Whether an expression reads only series the lab cannot have (GPU-only, or the edge's
+    while the edge layer is not built), directly or through recording rules."""
+    by_name: dict[str, set[str]] = {}
+    for r in rules:
+        if "record" in r:
+            by_name.setdefault(r["record"], set()).update(promkit.metric_names(r["expr"]))
+
+    def sources(name: str, seen: frozenset = frozenset()) -> set[str]:
+        if name not in by_name or name in seen:
+            return {name}
+        return set().union(*(sources(n, seen | {name}) for n in by_name[name]))
+
+    leaves = set().union(*(sources(n) for n in promkit.metric_names(expr)))
+    unavailable = GPU_ONLY | ({n for n in leaves if n.startswith("edge_")} if not HAS_EDGE else set())
+    return bool(leaves) and leaves <= unavailable
+
+
+def test_every_dashboard_query_returns_data(serving: Lab):
+    rules = _deployed_rules(serving)
+    queries = [(p.name, e) for p in sorted(promkit.DASHBOARDS.glob("*.json")) for e in promkit.dashboard_exprs(p)]
+    assert queries
+
+    def empty() -> list[str]:
+        wanted = [(name, expr) for name, expr in queries if not _gpu_or_edge_only(expr, rules)]
+        return [f"{name}: {expr}" for name, expr in wanted if not query(serving, expr)]
+
+    # Recording rules over 1h windows and rates need a few evaluations after the first scrape.
+    deadline = time.monotonic() + 90
+    while (left := empty()) and time.monotonic() < deadline:
+        time.sleep(5)
+    assert not left, "dashboard queries without data in the lab:\n" + "\n".join(left)
+
+
+SINK = r"""
+import http.server, json, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open("/tmp/alert-sink.jsonl", "ab") as fh:
+            fh.write(body.replace(b"\n", b" ") + b"\n")
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@pytest.fixture
+def alert_sink(serving: Lab):
+    """TEST FIXTURE: the webhook receiver the lab's Alertmanager posts to (ops host, loopback)."""
+    ops = ops_host(serving)
+    script = base64.b64encode(SINK.encode()).decode()
+    serving.exec(ops, f"rm -f /tmp/alert-sink.jsonl; echo {script} | base64 -d > /tmp/alert-sink.py")
+    serving.exec(ops, "systemctl stop lab-alert-sink; systemctl reset-failed lab-alert-sink; true", check=False)
+    serving.exec(ops, f"systemd-run --unit=lab-alert-sink python3 /tmp/alert-sink.py {SINK_PORT}")
+    yield lambda: [
+        json.loads(line)
+        for line in serving.exec(ops, "cat /tmp/alert-sink.jsonl 2>/dev/null || true").stdout.splitlines()
+        if line.strip()
+    ]
+    serving.exec(ops, "systemctl stop lab-alert-sink", check=False)
+
+
+def _received(posts: list[dict], alertname: str, status: str = "firing") -> list[dict]:
+    return [a for p in posts for a in p.get("alerts", []) if a["labels"].get("alertname") == alertname
+            and a["status"] == status]  # fmt: skip
+
+
+def test_watchdog_reaches_the_webhook_receiver(alert_sink):
+    posts = wait_for("the Watchdog at the webhook", lambda: _received(alert_sink(), "Watchdog") or None, timeout=120)
+    assert posts[0]["labels"]["severity"] == "none"
+
+
+@pytest.mark.skipif(HAS_SERVING, reason="the readiness switch is the stand-in fixture's; serving has its own tests")
+def test_an_endpoint_losing_readiness_alerts_the_receiver_and_resolves(serving: Lab, alert_sink):
+    """End to end: the stand-in's never_ready switch -> blackbox probe -> rule -> Alertmanager
+    -> webhook; then healthy again -> resolved. Test overlay: the alert's `for` is 0s."""
+    gpu = serving.hosts("gpu_nodes")[0]
+    with for_overlay(serving, "serving.yml", "ServingEndpointNotReady"):
+        try:
+            start_standin(serving, gpu, STANDIN_NEVER_READY="1")
+            alerts = wait_for(
+                "ServingEndpointNotReady at the webhook",
+                lambda: [a for a in _received(alert_sink(), "ServingEndpointNotReady") if a["labels"]["host"] == gpu],
+                timeout=150,
+            )
+            assert alerts[0]["labels"]["serving_instance"] == "chat" and alerts[0]["labels"]["colour"] == "blue"
+            start_standin(serving, gpu)
+            wait_for(
+                "ServingEndpointNotReady resolved at the webhook",
+                lambda: [
+                    a
+                    for a in _received(alert_sink(), "ServingEndpointNotReady", "resolved")
+                    if a["labels"]["host"] == gpu
+                ],
+                timeout=240,
+            )
+        finally:
+            start_standin(serving, gpu)
+
+
+def _lab_api_key() -> str:
+    """A client key of the edge, from the lab's vault-encrypted secrets."""
+
+    out = subprocess.run(
+        ["ansible-vault", "view", "--vault-password-file", str(ROOT / ".lab" / "vault-pass"),
+         str(ROOT / "inventories" / "lab" / "group_vars" / "all" / "secrets.vault.yml")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    keys = yaml.safe_load(out)["cluster_secrets"]["edge_api_keys"]
+    key = next(iter(keys.values()))
+    return key[0] if isinstance(key, list) else key
+
+
+def _chat_through_the_edge(lab: Lab, key: str, n: int) -> list[int]:
+    """n small chat completions through the edge (HTTPS, the lab's own CA not checked)."""
+    import ssl  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    edge = lab.address(lab.hosts("edge")[0])
+    body = json.dumps({"model": STANDIN_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    context = ssl._create_unverified_context()  # the lab CA is not in the trust store
+    codes = []
+    for _ in range(n):
+        request = urllib.request.Request(
+            f"https://{edge}/v1/chat/completions",
+            data=body.encode(),
+            headers={"Content-Type": "application/json", "X-API-KEY": key},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=context) as response:
+                codes.append(response.status)
+        except urllib.error.HTTPError as err:
+            codes.append(err.code)
+        time.sleep(0.2)
+    return codes
+
+
+@pytest.mark.skipif(not HAS_EDGE, reason="5xx is measured at the edge (mtail); the edge layer is not in this tree")
+@pytest.mark.skipif(HAS_SERVING, reason="the error switch used here is the stand-in fixture's")
+def test_serving_errors_raise_the_5xx_alert_at_the_webhook(serving: Lab, alert_sink):
+    """End to end: the stand-in answers 500 to every other generation -> the edge logs them
+    -> mtail -> Prometheus -> ServingHttp5xxRatioHigh -> Alertmanager -> webhook. Test
+    overlay: the alert's `for` is 0s."""
+    key = _lab_api_key()
+    gpus = serving.hosts("gpu_nodes")
+    with for_overlay(serving, "serving.yml", "ServingHttp5xxRatioHigh"):
+        try:
+            for gpu in gpus:
+                start_standin(serving, gpu, STANDIN_ERROR_RATE="0.5")
+            time.sleep(3)
+            codes = _chat_through_the_edge(serving, key, 40)
+            assert codes.count(500) + codes.count(502) >= 10, codes
+            alerts = wait_for(
+                "ServingHttp5xxRatioHigh at the webhook",
+                lambda: _received(alert_sink(), "ServingHttp5xxRatioHigh"),
+                timeout=180,
+            )
+            assert alerts[0]["labels"]["severity"] == "critical"
+        finally:
+            for gpu in gpus:
+                start_standin(serving, gpu)
+
+
+def test_rule_files_on_the_ops_host_pass_promtool(serving: Lab):
+    checks = (
+        f"promtool check rules {RULES_DIR}/*.yml && amtool check-config /etc/prometheus/alertmanager.yml"
+        " && promtool check config /etc/prometheus/prometheus.yml"
+    )
+    out = serving.exec(ops_host(serving), checks)
+    assert "SUCCESS" in out.stdout
+
+
+def test_gpu_roles_skip_hosts_without_a_gpu(serving: Lab):
+    for host in serving.hosts("gpu_nodes"):
+        assert serving.exec(host, "test -e /etc/systemd/system/dcgm-exporter.service", check=False).returncode != 0
+        assert serving.exec(host, "test -e /etc/systemd/system/nvml-collector.timer", check=False).returncode != 0
+        assert read_fact(serving, host, "dcgm_exporter") is None
+
+
+def test_retention_is_bounded_by_time_and_size(serving: Lab):
+    flags = prom(serving, "/api/v1/status/flags")["data"]
+    assert flags["storage.tsdb.retention.time"] == "30d"
+    # Prometheus' size units are powers of 1024: it reports 20GB as 20GiB.
+    assert flags["storage.tsdb.retention.size"] in ("20GB", "20GiB")
+
+
+def test_a_down_host_inhibits_its_other_alerts(serving: Lab):
+    """Alertmanager's inhibition, asked directly: a HostDown for gpu1 silences gpu1's other
+    alerts and nobody else's (alerts posted to the API, no host stopped)."""
+    ops = ops_host(serving)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
+    alerts = [{"labels": {"alertname": name, "host": host, "severity": sev, "test": "inhibition"},
+               "startsAt": now, "endsAt": later}
+              for name, host, sev in (("HostDown", "gpu1", "critical"), ("TargetDown", "gpu1", "warning"),
+                                      ("TargetDown", "gpu2", "warning"))]  # fmt: skip
+    post = (
+        "import json,urllib.request; urllib.request.urlopen(urllib.request.Request("
+        f"'http://127.0.0.1:9093/api/v2/alerts', data=json.dumps({alerts!r}).encode(), "
+        "headers={'Content-Type': 'application/json'}))"
+    )
+    serving.exec(ops, f"python3 -c {quote(post)}")
+
+    def states():
+        got = prom(serving, "/api/v2/alerts", port=9093, filter='test="inhibition"')
+        found = {(a["labels"]["alertname"], a["labels"]["host"]): a["status"]["state"] for a in got}
+        return found if len(found) == 3 else None
+
+    found = wait_for("the posted alerts in Alertmanager", states, timeout=30)
+    assert found[("TargetDown", "gpu1")] == "suppressed"
+    assert found[("TargetDown", "gpu2")] == "active"
+    assert found[("HostDown", "gpu1")] == "active"
+    # End them again, so no receiver sees them later.
+    ended = [{**a, "endsAt": now} for a in alerts]
+    serving.exec(ops, f"python3 -c {quote(post.replace(repr(alerts), repr(ended)))}")
