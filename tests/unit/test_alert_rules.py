@@ -28,7 +28,7 @@ sys.path.insert(0, str(PROMTOOL_TESTS))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import promkit  # noqa: E402
-from fake_nvml import FakeGpu, FakeNvml  # noqa: E402
+from fake_nvml_metrics import FakeGpu, FakeNvml  # noqa: E402
 
 ALWAYS_FIRING = {"Watchdog"}
 TEST_FILES = sorted(PROMTOOL_TESTS.glob("*.test.yml"))

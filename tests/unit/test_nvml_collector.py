@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fake_nvml_metrics import FAIL, NOT_SUPPORTED, FakeGpu, FakeNvml  # noqa: E402
+from fake_nvml_metrics import FAIL, NOT_SUPPORTED, FakeGpu, FakeNvml
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR = ROOT / "roles" / "nvml_collector" / "files" / "nvml_textfile_collector.py"
