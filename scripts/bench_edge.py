@@ -10,7 +10,7 @@ traffic stays on its loopback and every configuration shares the same two CPU co
   * the backend: the trtllm-serve TEST DOUBLE (tests/doubles/trtllm-standin), answering a
     chat completion with one token and no delay, run by the same test fixture as the
     tests (serve-directly.yml);
-  * the edge: playbooks/security.yml (pki, for the certificate) and playbooks/edge.yml
+  * the edge: playbooks/security.yml --tags pki (the certificate) and playbooks/edge.yml
     (edge_proxy) converged on it over the Docker connection, with limits raised out of
     the way;
   * the load: Debian's wrk, installed in the container, keep-alive connections, the same
@@ -179,13 +179,13 @@ def setup(workdir: Path) -> str:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_CACHE_PLUGIN="memory")
     standin = {"standin_endpoints": [{"port": 8000, "colour": "blue", "weight": 100, "state": "active",
                                       "env": {"STANDIN_TOKEN_DELAY_MS": 0, "STANDIN_TOKENS": 1}}]}  # fmt: skip
-    for playbook, extra in (
-        ("tests/doubles/trtllm-standin/serve-directly.yml", json.dumps(standin)),
-        ("playbooks/security.yml", "{}"),
-        ("playbooks/edge.yml", "{}"),
+    for playbook, extra, tags in (
+        ("tests/doubles/trtllm-standin/serve-directly.yml", json.dumps(standin), "all"),
+        ("playbooks/security.yml", "{}", "pki"),  # the certificate; no firewall in the bench
+        ("playbooks/edge.yml", "{}", "all"),
     ):
         log(f"ansible-playbook {playbook}")
-        run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inv), playbook, "-e", extra],
+        run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inv), playbook, "-e", extra, "--tags", tags],
             cwd=ROOT, env=env)  # fmt: skip
     log("installing wrk from the distribution")
     sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null")
