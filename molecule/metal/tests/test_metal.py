@@ -1,0 +1,389 @@
+"""Kernel-level behaviour on the converged VM: os_tuning live values, LUKS volumes, reboots.
+
+The tests run in file order and build on each other (one VM; every module run costs
+seconds under software emulation): live values after the converge, the volumes, refusals,
+key age, rotation, a reboot (Ansible's reboot module), and last a boot with the key
+missing. Playbooks run with the json callback, so assertions read what each task did.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import gzip
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+sys.path.insert(0, str(ROOT))
+from ansible.parsing.vault import VaultLib, VaultSecret  # noqa: E402
+
+from tests.helpers.ansible_run import PlaybookRun, run_playbook  # noqa: E402
+
+EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+SCENARIO = Path(__file__).resolve().parents[1]
+INVENTORY = EPHEMERAL / "inventory"
+HOST = "metal-node"
+VM_STATE = EPHEMERAL / "vm" / HOST
+ESCROW = EPHEMERAL / "luks-escrow" / HOST
+KEY_1 = "test-models-key-1"
+KEY_2 = "test-models-key-2"
+CACHE_KEY = "test-cache-recovery-key-1"
+SCRATCH_KEY = "test-scratch-key"
+ESCROW_SECRET = "test-escrow-passphrase"
+DEV = "/dev/disk/by-id/virtio-"
+PRECIOUS_TEXT = "llmlab: data that must survive\n"  # scripts/labkit/vm.py writes it on `ext4` disks
+MODEL_FILE = "/srv/models/model.bin"
+STATE: dict[str, str] = {}
+
+
+def sh(host, command: str, ok: bool = True):
+    """Run a command as root in the VM; with ok=True it must succeed."""
+    out = host.run("sudo sh -c " + shlex.quote(command))
+    if ok:
+        assert out.rc == 0, f"{command}: rc={out.rc} {out.stderr}"
+    return out
+
+
+def put(path: str, data: bytes) -> None:
+    """Write a file in the VM (as root) over SSH, data on stdin."""
+    argv = [str(ROOT / "scripts" / "vm"), "ssh", "--state", str(VM_STATE), f"sudo sh -c 'cat > {path}'"]
+    subprocess.run(argv, input=data, check=True, timeout=120)
+
+
+def opens(host, device: str, key: str, header: str = "") -> bool:
+    detached = f"--header {header} " if header else ""
+    cmd = f"printf %s {shlex.quote(key)} | cryptsetup open --test-passphrase {detached}--key-file=- {device}"
+    return sh(host, cmd, ok=False).rc == 0
+
+
+def luks_meta(host, device: str) -> dict:
+    return json.loads(sh(host, f"cryptsetup luksDump --dump-json-metadata {device}").stdout)
+
+
+def signatures(host, device: str) -> list[str]:
+    out = sh(host, f"wipefs --no-act --json {device}").stdout
+    return [s["type"] for s in json.loads(out or "{}").get("signatures", [])]
+
+
+def model_sha(host) -> str:
+    return sh(host, f"sha256sum {MODEL_FILE}").stdout.split()[0]
+
+
+def secrets(models: str = KEY_1, previous: str | None = None, **more: str) -> dict:
+    values = {
+        "luks_metal-node_models": models,
+        "luks_metal-node_cache": CACHE_KEY,
+        "luks_metal-node_scratch": SCRATCH_KEY,
+        "luks_header_backup": ESCROW_SECRET,
+    }
+    if previous is not None:
+        values["luks_metal-node_models_previous"] = previous
+    return values | {f"luks_metal-node_{k}": v for k, v in more.items()}
+
+
+def volumes(*extra: dict) -> list[dict]:
+    base = [
+        {"name": "models", "device": DEV + "fresh", "mount": "/srv/models", "services": ["metal-model-server"]},
+        {
+            "name": "cache",
+            "device": DEV + "clevis",
+            "mount": "/srv/cache",
+            "unlock": "clevis",
+            "services": ["metal-cache-server.service"],
+        },
+    ]
+    return base + list(extra)
+
+
+SCRATCH = {"name": "scratch", "device": DEV + "gpt", "force_format": True}
+
+
+def playbook(tmp_path: Path, name: str, extra: dict | None = None, *args: str) -> PlaybookRun:
+    argv = list(args)
+    if extra:
+        extra_file = tmp_path / f"extra-{len(list(tmp_path.iterdir()))}.json"
+        extra_file.write_text(json.dumps(extra))
+        argv += ["-e", f"@{extra_file}"]
+    path = ROOT / "playbooks" / name if (ROOT / "playbooks" / name).exists() else SCENARIO / name
+    return run_playbook(path, INVENTORY, *argv, env={"ANSIBLE_CACHE_PLUGIN": "memory"})
+
+
+def failure_text(run: PlaybookRun) -> str:
+    return " ".join(m for msgs in run.failures().values() for m in msgs)
+
+
+# --- os_tuning: live values, before the reboot ---------------------------------------------
+
+
+def check_os_tuning_live(host) -> None:
+    assert host.file("/proc/sys/vm/swappiness").content_string.strip() == "1"
+    assert host.file("/proc/sys/vm/max_map_count").content_string.strip() == "1048576"
+    assert "[never]" in host.file("/sys/kernel/mm/transparent_hugepage/enabled").content_string
+    assert "[never]" in host.file("/sys/kernel/mm/transparent_hugepage/defrag").content_string
+    # Limits: a login session (pam_limits) and the systemd manager's defaults for services.
+    assert host.run("bash -lc 'ulimit -n'").stdout.strip() == "1048576"
+    assert host.run("bash -lc 'ulimit -l'").stdout.strip() == "unlimited"
+    manager = host.run("systemctl show --property DefaultLimitNOFILE,DefaultLimitMEMLOCK").stdout
+    assert "DefaultLimitNOFILE=1048576" in manager
+    assert "DefaultLimitMEMLOCK=infinity" in manager
+
+
+def test_os_tuning_values_are_live_before_any_reboot(host):
+    before = json.loads(sh(host, "cat /var/lib/metal-baseline.json").stdout)
+    # The fresh kernel had its own values; the converge changed the running kernel.
+    assert before["swappiness"] != "1"
+    assert "[never]" not in before["thp"]
+    check_os_tuning_live(host)
+
+
+def test_kernel_command_line_waits_for_the_reboot(host):
+    cmdline = host.file("/proc/cmdline").content_string
+    assert "BOOT_IMAGE=/boot/vmlinuz" in cmdline  # GRUB booted this kernel
+    assert "transparent_hugepage=never" not in cmdline
+    assert "transparent_hugepage=never" in sh(host, "cat /boot/grub/grub.cfg").stdout  # update-grub ran
+    assert host.file("/run/reboot-required").exists
+
+
+# --- LUKS: the converged volumes -----------------------------------------------------------
+
+
+def test_fresh_disk_is_luks2_aes_xts_512_argon2id(host):
+    meta = luks_meta(host, DEV + "fresh")
+    assert meta["segments"]["0"]["encryption"] == "aes-xts-plain64"
+    slots = list(meta["keyslots"].values())
+    assert len(slots) == 1
+    assert slots[0]["key_size"] * 8 == 512
+    assert slots[0]["kdf"]["type"] == "argon2id"
+    assert opens(host, DEV + "fresh", KEY_1)
+
+
+def test_volume_is_open_and_mounted(host):
+    status = sh(host, "cryptsetup status models").stdout
+    assert "is active and is in use" in status
+    assert "aes-xts-plain64" in status
+    mount = host.mount_point("/srv/models")
+    assert mount.exists
+    assert mount.device == "/dev/mapper/models"
+    assert mount.filesystem == "ext4"
+
+
+def test_crypttab_fstab_and_key_file(host):
+    crypttab = sh(host, "cat /etc/crypttab").stdout
+    line = next(entry for entry in crypttab.splitlines() if entry.startswith("models "))
+    uuid = sh(host, f"cryptsetup luksUUID {DEV}fresh").stdout.strip()
+    assert line.split() == ["models", f"UUID={uuid}", "/etc/cryptsetup-keys.d/models.key", "luks,nofail,headless=true"]
+    fstab = host.file("/etc/fstab").content_string
+    assert any(e.split()[:2] == ["/dev/mapper/models", "/srv/models"] and "nofail" in e for e in fstab.splitlines())
+    assert sh(host, "stat -c '%U %G %a' /etc/cryptsetup-keys.d/models.key").stdout.split() == ["root", "root", "400"]
+    assert sh(host, "stat -c '%U %G %a' /etc/cryptsetup-keys.d").stdout.split() == ["root", "root", "700"]
+
+
+def test_dependent_service_requires_the_mount(host):
+    dropin = host.file("/etc/systemd/system/metal-model-server.service.d/60-luks-models.conf")
+    assert "RequiresMountsFor=/srv/models" in dropin.content_string
+    props = host.run("systemctl show --property RequiresMountsFor metal-model-server.service").stdout
+    assert "/srv/models" in props
+
+
+def test_file_written_on_the_volume(host):
+    sh(host, f"head -c 1048576 /dev/urandom > {MODEL_FILE} && sync")
+    STATE["model_sha"] = model_sha(host)
+
+
+def test_clevis_volume_is_bound_to_tang_and_has_no_key_file(host):
+    meta = luks_meta(host, DEV + "clevis")
+    assert "clevis" in [t["type"] for t in meta["tokens"].values()]
+    assert host.mount_point("/srv/cache").device == "/dev/mapper/cache"
+    assert sh(host, "test -e /etc/cryptsetup-keys.d/cache.key", ok=False).rc != 0
+    line = next(e for e in sh(host, "cat /etc/crypttab").stdout.splitlines() if e.startswith("cache "))
+    assert line.split()[2:] == ["none", "luks,nofail,_netdev"]
+    # The secret's key stays in a keyslot as the recovery key.
+    assert opens(host, DEV + "clevis", CACHE_KEY)
+
+
+def escrowed_header(volume: str) -> bytes:
+    vault = VaultLib([("luks_header_backup", VaultSecret(ESCROW_SECRET.encode()))])
+    plain = vault.decrypt((ESCROW / f"{volume}.header.vault").read_bytes())
+    return gzip.decompress(base64.b64decode(plain))
+
+
+def header_opens(host, volume: str, device: str, key: str) -> bool:
+    """Does the escrowed header, used as a detached header, open the device with the key?"""
+    put(f"/run/{volume}.header", escrowed_header(volume))
+    try:
+        return opens(host, device, key, header=f"/run/{volume}.header")
+    finally:
+        sh(host, f"rm -f /run/{volume}.header")
+
+
+def test_headers_are_escrowed_encrypted(host):
+    raw = (ESCROW / "models.header.vault").read_bytes()
+    assert raw.startswith(b"$ANSIBLE_VAULT;1.2;AES256;luks_header_backup")
+    header = escrowed_header("models")
+    assert header[:6] == b"LUKS\xba\xbe"
+    assert sh(host, f"cryptsetup luksUUID {DEV}fresh").stdout.strip().encode() in header[:512]
+    assert len(raw) < 4 * 1024 * 1024  # compact: unused keyslot areas are not kept
+    assert header_opens(host, "models", DEV + "fresh", KEY_1)
+    assert header_opens(host, "cache", DEV + "clevis", CACHE_KEY)
+
+
+# --- Data safety and key age -----------------------------------------------------------------
+
+
+def set_key_date(host, days_ago: int) -> None:
+    when = (datetime.date.today() - datetime.timedelta(days=days_ago)).isoformat()
+    state = json.loads(sh(host, "cat /etc/ansible/facts.d/luks.fact").stdout)
+    state["volumes"]["models"]["key_date"] = when
+    put("/etc/ansible/facts.d/luks.fact", json.dumps(state).encode())
+
+
+@pytest.fixture(scope="module")
+def refusal_run(tmp_path_factory, host):
+    """One run listing the three occupied disks (with the models key made 100 days old)."""
+    set_key_date(host, 100)
+    extra = {
+        "cluster_secrets": secrets(ext4data="k-e", gptdisk="k-g", foreign="k-f"),
+        "luks_volumes": volumes(
+            {"name": "ext4data", "device": DEV + "ext4data", "mount": "/srv/ext4data"},
+            {"name": "gptdisk", "device": DEV + "gpt"},
+            {"name": "foreign", "device": DEV + "foreign"},
+        ),
+    }
+    return playbook(tmp_path_factory.mktemp("refusal"), "security.yml", extra, "--tags", "luks")
+
+
+def test_occupied_disks_stop_the_run_before_any_change(refusal_run):
+    assert refusal_run.rc != 0
+    assert refusal_run.total("changed") == 0
+    assert "nothing was changed on this host" in failure_text(refusal_run)
+
+
+def test_disk_with_ext4_is_refused_and_its_file_intact(host, refusal_run):
+    text = failure_text(refusal_run)
+    assert f"{DEV}ext4data" in text
+    assert "'ext4' signature" in text
+    assert "force_format" in text
+    assert signatures(host, DEV + "ext4data") == ["ext4"]
+    out = sh(host, f"mkdir -p /mnt/check && mount -o ro {DEV}ext4data /mnt/check && cat /mnt/check/precious.txt")
+    sh(host, "umount /mnt/check")
+    assert out.stdout == PRECIOUS_TEXT
+
+
+def test_empty_gpt_is_refused(host, refusal_run):
+    text = failure_text(refusal_run)
+    assert f"{DEV}gpt" in text
+    assert "GPT partition table" in text
+    assert "label: gpt" in sh(host, f"sfdisk --dump {DEV}gpt").stdout
+
+
+def test_luks_header_of_another_key_is_refused(host, refusal_run):
+    text = failure_text(refusal_run)
+    assert f"{DEV}foreign" in text
+    assert "LUKS header" in text
+    assert opens(host, DEV + "foreign", "someone-elses-key")
+
+
+def test_old_key_gives_a_warning(refusal_run):
+    assert "its key is 100 days old" in refusal_run.stdout + refusal_run.stderr
+
+
+def test_old_key_fails_the_run_when_asked(tmp_path, refusal_run):
+    run = playbook(tmp_path, "security.yml", {"luks_key_age_action": "fail"}, "--tags", "luks")
+    assert run.rc != 0
+    text = failure_text(run)
+    assert "volume 'models'" in text
+    assert "100 days old" in text
+    assert "luks_key_max_age_days=90" in text
+    assert run.total("changed") == 0
+
+
+# --- Key rotation ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rotation_run(tmp_path_factory, host):
+    """One run: rotate the models key (KEY_1 -> KEY_2) and format the GPT disk on request."""
+    STATE["escrow_before"] = (ESCROW / "models.header.sha256").read_text()
+    extra = {"cluster_secrets": secrets(KEY_2, previous=KEY_1), "luks_volumes": volumes(SCRATCH)}
+    return playbook(tmp_path_factory.mktemp("rotation"), "security.yml", extra, "--tags", "luks")
+
+
+def test_rotation_adds_the_new_key_and_removes_the_old(host, rotation_run):
+    assert rotation_run.rc == 0, rotation_run.failures()
+    names = rotation_run.changed_tasks()[HOST]
+    assert any("Rotation 1/3" in n for n in names)
+    assert any("Rotation 3/3" in n for n in names)
+    assert opens(host, DEV + "fresh", KEY_2)
+    assert not opens(host, DEV + "fresh", KEY_1)
+    assert len(luks_meta(host, DEV + "fresh")["keyslots"]) == 1
+    assert sh(host, "cat /etc/cryptsetup-keys.d/models.key").stdout == KEY_2
+    state = json.loads(sh(host, "cat /etc/ansible/facts.d/luks.fact").stdout)["volumes"]["models"]
+    assert state == {"key_date": datetime.date.today().isoformat(), "key_date_source": "rotation"}
+    assert model_sha(host) == STATE["model_sha"]
+
+
+def test_rotation_escrows_the_new_header(host, rotation_run):
+    assert rotation_run.rc == 0
+    assert (ESCROW / "models.header.sha256").read_text() != STATE["escrow_before"]
+    assert header_opens(host, "models", DEV + "fresh", KEY_2)
+    assert not header_opens(host, "models", DEV + "fresh", KEY_1)
+
+
+def test_force_format_erases_an_occupied_disk_on_request(host, rotation_run):
+    assert rotation_run.rc == 0
+    assert any("force_format" in n for n in rotation_run.changed_tasks()[HOST])
+    assert opens(host, DEV + "gpt", SCRATCH_KEY)
+    assert signatures(host, DEV + "gpt") == ["crypto_LUKS", "crypto_LUKS"]  # primary and secondary header
+
+
+def test_removing_the_last_key_is_refused(host, rotation_run, tmp_path):
+    assert rotation_run.rc == 0
+    extra = {"cluster_secrets": secrets(KEY_2, previous=KEY_2), "luks_volumes": volumes(SCRATCH)}
+    run = playbook(tmp_path, "security.yml", extra, "--tags", "luks")
+    assert run.rc != 0
+    assert "would remove the volume's last key" in failure_text(run)
+    assert run.total("changed") == 0
+    assert opens(host, DEV + "fresh", KEY_2)
+    assert len(luks_meta(host, DEV + "fresh")["keyslots"]) == 1
+
+
+# --- Reboots ---------------------------------------------------------------------------------
+
+
+def test_after_a_reboot_everything_is_back(host, tmp_path):
+    run = playbook(tmp_path, "reboot.yml")
+    assert run.rc == 0, run.failures()
+    # os_tuning: the kernel now got transparent_hugepage=never from GRUB; values persisted.
+    assert "transparent_hugepage=never" in host.file("/proc/cmdline").content_string.split()
+    check_os_tuning_live(host)
+    # The rotated key file opened the volume at boot; the data is intact.
+    assert sh(host, "cryptsetup status models").rc == 0
+    assert host.mount_point("/srv/models").device == "/dev/mapper/models"
+    assert model_sha(host) == STATE["model_sha"]
+    # The clevis volume opened at boot by asking tang (no key on the host).
+    assert host.mount_point("/srv/cache").device == "/dev/mapper/cache"
+    assert host.service("metal-model-server.service").is_running
+    assert host.service("metal-cache-server.service").is_running
+
+
+def test_boot_with_the_key_missing_leaves_the_volume_closed(host, tmp_path):
+    sh(host, "rm -f /etc/cryptsetup-keys.d/models.key && systemctl disable --now tangd.socket")
+    run = playbook(tmp_path, "reboot.yml")
+    assert run.rc == 0, run.failures()  # the VM came up and answers SSH
+    assert host.service("ssh.service").is_running
+    assert not host.file("/dev/mapper/models").exists
+    assert not host.mount_point("/srv/models").exists
+    assert not host.service("metal-model-server.service").is_running
+    # Tang down: the network-bound volume stays closed too, and its service down.
+    assert not host.file("/dev/mapper/cache").exists
+    assert not host.mount_point("/srv/cache").exists
+    assert not host.service("metal-cache-server.service").is_running
+    # The data is still there, under the right key.
+    assert opens(host, DEV + "fresh", KEY_2)
