@@ -11,8 +11,8 @@ description:
     holders), whether it is LUKS, which of the volume's keys opens it
     (C(cryptsetup open --test-passphrase)), whether its mapping is open, and decides one
     action - V(format) (a device holding nothing at all, or one with O(volumes[].force_format)),
-    V(use), V(rotate) (only the previous key opens: add the current key, remove the previous),
-    V(drop_previous) (both keys open: remove the previous one), or V(refuse) with the reason.
+    V(use), V(rotate) (only the previous key opens; add the current key, remove the previous),
+    V(drop_previous) (both keys open; remove the previous one), or V(refuse) with the reason.
   - A device that holds a filesystem, a partition table (even an empty GPT), any other
     signature, partitions, a holder (RAID, LVM, device-mapper), or a LUKS header that none of
     its keys opens is never planned for formatting unless O(volumes[].force_format) is set.

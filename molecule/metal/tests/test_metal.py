@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 from ansible.parsing.vault import VaultLib, VaultSecret  # noqa: E402
-
-from tests.helpers.ansible_run import PlaybookRun, run_playbook  # noqa: E402
+from toolkit.ansible_run import PlaybookRun, run_playbook  # noqa: E402
 
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 SCENARIO = Path(__file__).resolve().parents[1]
