@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import testinfra
 
 ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -29,6 +30,7 @@ EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 SCENARIO = Path(__file__).resolve().parents[1]
 INVENTORY = EPHEMERAL / "inventory"
 HOST = "metal-node"
+ADMIN = "labadmin"  # scripts/labkit/vm.py ADMIN_USER
 VM_STATE = EPHEMERAL / "vm" / HOST
 ESCROW = EPHEMERAL / "luks-escrow" / HOST
 KEY_1 = "test-models-key-1"
@@ -40,6 +42,28 @@ DEV = "/dev/disk/by-id/virtio-"
 PRECIOUS_TEXT = "llmlab: data that must survive\n"  # scripts/labkit/vm.py writes it on `ext4` disks
 MODEL_FILE = "/srv/models/model.bin"
 STATE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def host():
+    """The VM over plain SSH with a kept master connection (scripts/vm's login).
+
+    Replaces molecule's `ansible://` host: that backend runs a whole Ansible command per
+    check, seconds each under software emulation; this one costs one SSH channel.
+    """
+    login = json.loads((VM_STATE / "vm.json").read_text())
+    return testinfra.get_host(
+        f"ssh://{ADMIN}@127.0.0.1:{login['port']}",
+        ssh_identity_file=str(VM_STATE / "id_ed25519"),
+        controlpath=str(VM_STATE / "cm-%C"),
+        ssh_extra_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+    )
+
+
+def fresh_login(command: str) -> str:
+    """Output of a command in a new SSH login (its own PAM session, so pam_limits applies now)."""
+    argv = [str(ROOT / "scripts" / "vm"), "ssh", "--state", str(VM_STATE), command]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=120).stdout
 
 
 def sh(host, command: str, ok: bool = True):
@@ -126,9 +150,8 @@ def check_os_tuning_live(host) -> None:
     assert host.file("/proc/sys/vm/max_map_count").content_string.strip() == "1048576"
     assert "[never]" in host.file("/sys/kernel/mm/transparent_hugepage/enabled").content_string
     assert "[never]" in host.file("/sys/kernel/mm/transparent_hugepage/defrag").content_string
-    # Limits: a login session (pam_limits) and the systemd manager's defaults for services.
-    assert host.run("bash -lc 'ulimit -n'").stdout.strip() == "1048576"
-    assert host.run("bash -lc 'ulimit -l'").stdout.strip() == "unlimited"
+    # Limits: a new login session (pam_limits) and the systemd manager's defaults for services.
+    assert fresh_login("ulimit -n; ulimit -l").split() == ["1048576", "unlimited"]
     manager = host.run("systemctl show --property DefaultLimitNOFILE,DefaultLimitMEMLOCK").stdout
     assert "DefaultLimitNOFILE=1048576" in manager
     assert "DefaultLimitMEMLOCK=infinity" in manager
@@ -279,7 +302,7 @@ def test_empty_gpt_is_refused(host, refusal_run):
     text = failure_text(refusal_run)
     assert f"{DEV}gpt" in text
     assert "GPT partition table" in text
-    assert "label: gpt" in sh(host, f"sfdisk --dump {DEV}gpt").stdout
+    assert sorted(signatures(host, DEV + "gpt")) == ["PMBR", "gpt", "gpt"]  # protective MBR, primary, backup
 
 
 def test_luks_header_of_another_key_is_refused(host, refusal_run):
@@ -386,3 +409,15 @@ def test_boot_with_the_key_missing_leaves_the_volume_closed(host, tmp_path):
     assert not host.service("metal-cache-server.service").is_running
     # The data is still there, under the right key.
     assert opens(host, DEV + "fresh", KEY_2)
+
+
+def test_a_run_brings_the_volumes_back(host, tmp_path):
+    """Once the key (from the secrets) and tang are back, one run of the role reopens both."""
+    sh(host, "systemctl enable --now tangd.socket")
+    extra = {"cluster_secrets": secrets(KEY_2), "luks_volumes": volumes(SCRATCH)}
+    run = playbook(tmp_path, "security.yml", extra, "--tags", "luks")
+    assert run.rc == 0, run.failures()
+    assert sh(host, "cat /etc/cryptsetup-keys.d/models.key").stdout == KEY_2
+    assert host.mount_point("/srv/models").device == "/dev/mapper/models"
+    assert host.mount_point("/srv/cache").device == "/dev/mapper/cache"
+    assert model_sha(host) == STATE["model_sha"]
