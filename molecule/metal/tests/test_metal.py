@@ -406,7 +406,8 @@ def test_after_a_reboot_everything_is_back(host, tmp_path):
     assert model_sha(host) == STATE["model_sha"]
     # The clevis volume opens at boot by asking tang (no key on the host): clevis answers the
     # passphrase request in the background, which may finish after SSH answers.
-    assert wait_for(host, "findmnt --source /dev/mapper/cache /srv/cache"), "the clevis volume was not mounted"
+    mounted = 'test "$(findmnt -n -o SOURCE --mountpoint /srv/cache)" = /dev/mapper/cache'
+    assert wait_for(host, mounted), "the clevis volume was not mounted"
     assert host.service("metal-model-server.service").is_running
     assert wait_for(host, "systemctl is-active metal-cache-server.service")
 
