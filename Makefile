@@ -11,7 +11,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 LAB_VAULT   := $(CURDIR)/.lab/vault-pass
 SITE        := ansible-playbook playbooks/site.yml -i inventories/lab --vault-password-file $(LAB_VAULT)
 # Molecule scenarios to run (default: every directory under molecule/).
-PY_SOURCES  := scripts plugins tests molecule scripts/lab scripts/run-scenarios scripts/role-docs tests/doubles/trtllm-standin/trtllm-serve
+PY_SOURCES  := scripts plugins tests molecule scripts/lab scripts/vm scripts/run-scenarios scripts/role-docs tests/doubles/trtllm-standin/trtllm-serve
 SCENARIOS   ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
 .PHONY: help venv lint unit molecule lab-test test lab lab-up lab-converge lab-down images bench requirements clean
