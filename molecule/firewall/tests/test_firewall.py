@@ -25,6 +25,9 @@ EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 SECURITY = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks" / "security.yml"
+# The security layer's firewall play only: its other plays (pki, luks) need secrets and disks
+# this scenario does not have; they have scenarios of their own.
+FIREWALL_ONLY = ("--tags", "firewall")
 ENV = {"ANSIBLE_CACHE_PLUGIN": "memory"}
 
 CONTROLLER = "controller"
@@ -170,7 +173,7 @@ def test_policy_without_admin_ssh_refused_by_preflight_before_anything():
 
 def test_policy_without_admin_ssh_refused_by_the_role_before_anything():
     before = _snapshot("fw-ops")
-    run = run_playbook(SECURITY, INVENTORY, "--limit", "fw-ops", "-e", _lockout_vars(), env=ENV)
+    run = run_playbook(SECURITY, INVENTORY, *FIREWALL_ONLY, "--limit", "fw-ops", "-e", _lockout_vars(), env=ENV)
     assert run.rc != 0
     failures = run.failures()["fw-ops"]
     assert len(failures) == 1 and "Refuse a wrong policy" in failures[0], failures
@@ -191,7 +194,14 @@ def test_lockout_policy_with_guard_off_is_rolled_back_over_real_ssh():
     }
     began = time.monotonic()
     run = run_playbook(
-        SECURITY, INVENTORY, "--limit", "fw-ops", "-e", _lockout_vars(firewall_lockout_guard=False, **ssh_vars), env=ENV
+        SECURITY,
+        INVENTORY,
+        *FIREWALL_ONLY,
+        "--limit",
+        "fw-ops",
+        "-e",
+        _lockout_vars(firewall_lockout_guard=False, **ssh_vars),
+        env=ENV,
     )
     took = time.monotonic() - began
     assert run.rc != 0, run.stdout[-3000:]
@@ -245,11 +255,12 @@ def test_removing_a_flow_removes_its_rules_and_putting_it_back_restores_them(lis
         {"name": "edge-to-serving", "services": ["llm_serving"], "from": ["edge"], "to": ["app"]},
         {"name": "outside-ssh", "services": ["ssh"], "from": ["outside"]},
     ]  # no monitoring, app-to-data or consoles
-    run = run_playbook(SECURITY, INVENTORY, "--limit", "fw-gpu", "-e", json.dumps({"firewall_flows": flows}), env=ENV)
+    extra = json.dumps({"firewall_flows": flows})
+    run = run_playbook(SECURITY, INVENTORY, *FIREWALL_ONLY, "--limit", "fw-gpu", "-e", extra, env=ENV)
     assert run.rc == 0, run.stdout[-3000:]
     assert not any("monitoring" in r for r in our_rules("fw-gpu"))
     assert set(probe_from("fw-ops", [(ADDRESS["fw-gpu"], 9100), (ADDRESS["fw-gpu"], 8000)]).values()) == {"timeout"}
-    back = run_playbook(SECURITY, INVENTORY, "--limit", "fw-gpu", env=ENV)
+    back = run_playbook(SECURITY, INVENTORY, *FIREWALL_ONLY, "--limit", "fw-gpu", env=ENV)
     assert back.rc == 0
     assert set(probe_from("fw-ops", [(ADDRESS["fw-gpu"], 9100), (ADDRESS["fw-gpu"], 8000)]).values()) == {"open"}
 
