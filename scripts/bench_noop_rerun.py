@@ -118,7 +118,7 @@ def main() -> int:
             f"| {name} | {med:.1f} | {med / tasks:.2f} | {med / first:.2f} | {', '.join(f'{t:.1f}' for t in times)} |"
         )
     for name, changed in broken.items():
-        listed = "; ".join(f"{host}: {', '.join(names)}" for host, names in sorted(changed.items()))
+        listed = "; ".join(f"{host}: {', '.join(names)}" for host, names in sorted(changed.items())).replace("|", "\\|")
         lines.append(f"| {name} | not a no-op | | | changed: {listed} |")
     report = "\n".join(lines) + "\n"
     print("\n" + report)
