@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Measure what the edge proxy costs: the upstream directly, through the proxy with the WAF
-off, and with it on, in one run at the same load.
+off, with Debian's ModSecurity + CRS enabled as shipped, and with the role's WAF, in one run
+at the same load.
 
     scripts/bench_edge.py [--output docs/benchmarks/edge-overhead.md] [--rounds 3]
                           [--duration 10] [--concurrency 32] [--keep]
@@ -17,8 +18,12 @@ traffic stays on its loopback and every configuration shares the same two CPU co
     chat POST (a prompt with code in it) for every target.
 
 The WAF is switched with the role's own `modsecurity on|off` line (what
-edge_proxy_waf_enabled renders) between measurements, so the three targets are measured
-interleaved, round after round, under the same conditions. Besides wrk's latency and
+edge_proxy_waf_enabled renders) and its `modsecurity_rules_file` line between measurements,
+so the targets are measured interleaved, round after round, under the same conditions.
+"WAF as shipped" is the reference configuration an operator gets by enabling what Debian
+ships: /etc/nginx/modsecurity.conf with SecRuleEngine On, crs-setup.conf and every CRS rule
+file, no exclusions. It answers 403 to prompts with code in them, so it is sent the same
+request with a plain-text prompt of the same length. Besides wrk's latency and
 rate, the nginx workers' CPU time per request is read from /proc: it shows the WAF's
 cost even when other work on the machine disturbs latencies.
 """
@@ -60,11 +65,24 @@ CHAT_BODY = {
         },
     ],
 }
+PLAIN_PROMPT = "Please explain how to make this program faster, simpler and easier to read and test. "
+PROXY = "https://127.0.0.1:443/v1/chat/completions"
+# target: (URL, WAF mode, wrk script)
 TARGETS = {
-    "upstream directly": "http://127.0.0.1:8000/v1/chat/completions",
-    "proxy, WAF off": "https://127.0.0.1:443/v1/chat/completions",
-    "proxy, WAF on": "https://127.0.0.1:443/v1/chat/completions",
+    "upstream directly": ("http://127.0.0.1:8000/v1/chat/completions", "off", "bench-post.lua"),
+    "proxy, WAF off": (PROXY, "off", "bench-post.lua"),
+    "proxy, WAF as shipped": (PROXY, "shipped", "bench-plain.lua"),
+    "proxy, WAF on": (PROXY, "role", "bench-post.lua"),
 }
+# Debian's configuration and CRS as shipped, SecRuleEngine On (libmodsecurity3 has no
+# IncludeOptional, so the package's owasp-crs.load cannot be included as it is).
+SHIPPED_WAF = """Include /etc/nginx/modsecurity.conf
+SecRuleEngine On
+Include /etc/modsecurity/crs/crs-setup.conf
+Include /etc/modsecurity/crs/REQUEST-900-EXCLUSION-RULES-BEFORE-CRS.conf
+Include /usr/share/modsecurity-crs/rules/*.conf
+Include /etc/modsecurity/crs/RESPONSE-999-EXCLUSION-RULES-AFTER-CRS.conf
+"""
 
 
 def log(msg: str) -> None:
@@ -125,13 +143,12 @@ done; echo $t
 """
 
 
-def measure(target: str, url: str, concurrency: int, duration: int, key: str) -> Sample:
+def measure(target: str, concurrency: int, duration: int, key: str) -> Sample:
+    url, _, script = TARGETS[target]
     sample = Sample(target, concurrency, load=os.getloadavg()[0])
     threads = 1 if concurrency == 1 else 2
     before = int(sh(NGINX_CPU).strip() or 0)
-    out = sh(
-        f"wrk -t{threads} -c{concurrency} -d{duration}s --latency -s /root/bench-post.lua -H 'X-API-KEY: {key}' {url}"
-    )
+    out = sh(f"wrk -t{threads} -c{concurrency} -d{duration}s --latency -s /root/{script} -H 'X-API-KEY: {key}' {url}")
     after = int(sh(NGINX_CPU).strip() or 0)
     parse_wrk(out, sample)
     if not url.startswith("http://127.0.0.1:8000") and sample.requests:
@@ -140,19 +157,24 @@ def measure(target: str, url: str, concurrency: int, duration: int, key: str) ->
     return sample
 
 
-def set_waf(on: bool) -> None:
-    want, other = ("on", "off") if on else ("off", "on")
+def set_waf(mode: str) -> None:
+    """off, shipped (Debian's configuration + CRS as shipped) or role (edge_proxy's)."""
+    on = "off" if mode == "off" else "on"
+    rules = "/etc/nginx/modsec/shipped.conf" if mode == "shipped" else "/etc/nginx/modsec/edge.conf"
     sh(
-        f"sed -i 's/^    modsecurity {other};$/    modsecurity {want};/' /etc/nginx/edge/site.conf"
-        f" && grep -q '^    modsecurity {want};$' /etc/nginx/edge/site.conf && /usr/local/sbin/edge-proxy-reload"
+        rf"sed -i -e 's/^    modsecurity \(on\|off\);$/    modsecurity {on};/'"
+        rf" -e 's#^    modsecurity_rules_file .*;$#    modsecurity_rules_file {rules};#' /etc/nginx/edge/site.conf"
+        f" && grep -q '^    modsecurity {on};$' /etc/nginx/edge/site.conf"
+        f" && grep -q '^    modsecurity_rules_file {rules};$' /etc/nginx/edge/site.conf"
+        " && /usr/local/sbin/edge-proxy-reload"
     )
 
 
-def setup(workdir: Path) -> str:
+def setup(workdir: Path, image: str) -> str:
     run(["docker", "rm", "-f", CONTAINER], check=False)
-    log(f"starting {CONTAINER} from {IMAGE}")
+    log(f"starting {CONTAINER} from {image}")
     run(["docker", "run", "-d", "--name", CONTAINER, "--hostname", CONTAINER, "--label", "org.llmlab.bench=edge",
-         *SYSTEMD_RUN_ARGS, IMAGE])  # fmt: skip
+         *SYSTEMD_RUN_ARGS, image])  # fmt: skip
     for _ in range(120):
         state = run(["docker", "exec", CONTAINER, "systemctl", "is-system-running"], check=False).stdout.strip()
         if state in ("running", "degraded"):
@@ -192,14 +214,24 @@ def setup(workdir: Path) -> str:
     log("installing wrk from the distribution")
     sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null")
     # A Lua long string takes the JSON as it is (no escapes are read inside [[ ]]).
-    body = json.dumps(CHAT_BODY).replace("]]", "] ]")
-    lua = f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n'
-    run(["docker", "exec", "-i", CONTAINER, "sh", "-c", "cat > /root/bench-post.lua"], input=lua)
+    for name, body in (("bench-post.lua", CHAT_BODY), ("bench-plain.lua", plain_body())):
+        text = json.dumps(body).replace("]]", "] ]")
+        lua = f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{text}]]\n'
+        run(["docker", "exec", "-i", CONTAINER, "sh", "-c", f"cat > /root/{name}"], input=lua)
+    run(["docker", "exec", "-i", CONTAINER, "sh", "-c", "cat > /etc/nginx/modsec/shipped.conf"], input=SHIPPED_WAF)
     return key
 
 
+def plain_body() -> dict:
+    """CHAT_BODY with the code in the user's prompt replaced by plain text of the same length."""
+    body = json.loads(json.dumps(CHAT_BODY))
+    size = len(body["messages"][-1]["content"])
+    body["messages"][-1]["content"] = (PLAIN_PROMPT * (size // len(PLAIN_PROMPT) + 1))[:size]
+    return body
+
+
 def versions() -> dict[str, str]:
-    pkgs = sh("dpkg-query -W -f '${Package} ${Version}\\n' nginx libmodsecurity3 libnginx-mod-http-modsecurity "
+    pkgs = sh("dpkg-query -W -f '${Package} ${Version}\\n' nginx 'libmodsecurity3*' libnginx-mod-http-modsecurity "
               "modsecurity-crs wrk")  # fmt: skip
     return {"host": platform.node(), "cpus": str(os.cpu_count()), "packages": pkgs.strip()}
 
@@ -218,19 +250,21 @@ def render(samples: list[Sample], args: argparse.Namespace, info: dict[str, str]
         }
 
     lines = [
-        "# Edge proxy overhead: upstream directly, proxy without WAF, proxy with WAF",
+        "# Edge proxy overhead: upstream directly, proxy without WAF, WAF as shipped, the role's WAF",
         "",
         f"Measured by `scripts/bench_edge.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(began))}, "
         f"{args.rounds} rounds of {args.duration} s per target and concurrency, targets interleaved; "
         "each figure is the median over the rounds.",
         "",
-        "Setup: one container (the lab's Debian 12 image) on a "
+        f"Setup: one container (image {args.image}) on a "
         f"{info['cpus']}-CPU machine; backend = the trtllm-serve test double (one token, no delay); "
         "edge = `edge_proxy` as converged by playbooks/edge.yml (TLS 1.3, HTTP/1.1 keep-alive from wrk, "
         "API key check, ModSecurity v3 + CRS at paranoia level 1 with the prompt-field exclusions, JSON access "
         "log); load = wrk over loopback, one chat POST of "
-        f"{len(json.dumps(CHAT_BODY))} bytes with code in the prompt. `nginx CPU` is the nginx workers' "
-        "CPU time per request (from /proc).",
+        f"{len(json.dumps(CHAT_BODY))} bytes with code in the prompt. `WAF as shipped` = Debian's "
+        "/etc/nginx/modsecurity.conf with SecRuleEngine On, crs-setup.conf and every CRS rule file, no "
+        "exclusions; it blocks prompts with code, so it gets the same body with a plain-text prompt of the same "
+        "length. `nginx CPU` is the nginx workers' CPU time per request (from /proc).",
         "",
         "| target | concurrency | requests/s | p50 (ms) | p99 (ms) | errors | nginx CPU per request (ms) | load avg |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -241,8 +275,9 @@ def render(samples: list[Sample], args: argparse.Namespace, info: dict[str, str]
             cpu = "" if a["cpu"] != a["cpu"] else f"{a['cpu']:.3f}"
             lines.append(f"| {target} | {conc} | {a['rps']:.0f} | {a['p50']:.3f} | {a['p99']:.3f} | {int(a['errors'])} "
                          f"| {cpu} | {a['load']:.1f} |")  # fmt: skip
-    d, off, on = (agg(t, 1) for t in TARGETS)
+    d, off, shipped, on = (agg(t, 1) for t in TARGETS)
     hi_on = agg("proxy, WAF on", args.concurrency)
+    hi_shipped = agg("proxy, WAF as shipped", args.concurrency)
     lines += [
         "",
         "## Against the targets",
@@ -254,9 +289,14 @@ def render(samples: list[Sample], args: argparse.Namespace, info: dict[str, str]
         f"- Throughput through the WAF at concurrency {args.concurrency}: **{hi_on['rps']:.0f} chat POST/s** "
         f"(target: at least 2,000 on the 2-core lab). The backend's own ceiling in the same run: "
         f"{agg('upstream directly', args.concurrency)['rps']:.0f}/s.",
+        f"- Against Debian's ModSecurity + CRS enabled as shipped, in the same run: WAF CPU per request "
+        f"{on['cpu'] - off['cpu']:.3f} ms against {shipped['cpu'] - off['cpu']:.3f} ms "
+        f"({(on['cpu'] - off['cpu']) / (shipped['cpu'] - off['cpu']):.2f}x), "
+        f"median at concurrency 1 +{on['p50'] - d['p50']:.3f} ms against +{shipped['p50'] - d['p50']:.3f} ms, "
+        f"{hi_on['rps']:.0f} against {hi_shipped['rps']:.0f} chat POST/s at concurrency {args.concurrency}.",
         "",
-        "Reference: Debian's ModSecurity + CRS 3.3.4 at paranoia level 1, enabled naively, measured +1.6 ms "
-        "median and 578 POST/s at concurrency 1 on our machines.",
+        "Reference from the issue: Debian's ModSecurity + CRS 3.3.4 at paranoia level 1, enabled naively, measured "
+        "+1.6 ms median and 578 POST/s at concurrency 1 on our machines.",
         "",
         "## Environment",
         "",
@@ -277,24 +317,25 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, default=32, help="the throughput measurement's connections")
     parser.add_argument("--keep", action="store_true", help="leave the container running afterwards")
+    parser.add_argument("--image", default=IMAGE, help="the container's image (default: the lab's base image)")
     args = parser.parse_args()
     began = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            key = setup(Path(tmp))
+            key = setup(Path(tmp), args.image)
             info = versions()
             samples: list[Sample] = []
             for rnd in range(1, args.rounds + 1):
-                for target, url in TARGETS.items():
-                    set_waf(target != "proxy, WAF off")
+                for target, (_, mode, _) in TARGETS.items():
+                    set_waf(mode)
                     for conc in (1, args.concurrency):
-                        s = measure(target, url, conc, args.duration, key)
+                        s = measure(target, conc, args.duration, key)
                         log(f"round {rnd}: {target:18} c={conc:<3} {s.rps:8.0f}/s p50 {s.p50_ms:7.3f} ms "
                             f"p99 {s.p99_ms:7.3f} ms errors {s.errors} load {s.load:.1f}")  # fmt: skip
                         if s.errors:
                             raise SystemExit(f"{target}: {s.errors} of {s.requests} failed: no numbers written")
                         samples.append(s)
-            set_waf(True)
+            set_waf("role")
         finally:
             if not args.keep:
                 run(["docker", "rm", "-f", CONTAINER], check=False)
