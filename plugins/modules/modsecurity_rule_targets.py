@@ -10,7 +10,7 @@ description:
   - Reads ModSecurity rule files (such as OWASP CRS's) and returns, for each variable in
     O(variables), the ids of the C(SecRule)s that carry O(tag) and name that variable among
     their targets. Chained rules have no id of their own and are not listed.
-  - Why: libmodsecurity v3 checks every C(SecRuleUpdateTargetByTag) and every
+  - The reason is cost. libmodsecurity v3 checks every C(SecRuleUpdateTargetByTag) and every
     C(ctl:ruleRemoveTargetByTag) on every rule of every request, evaluating the rule's tags
     each time; the same exclusion written per rule id costs a number comparison. The
     edge_proxy role writes its exclusions by id from this list, which keeps them right
