@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -18,10 +19,14 @@ if str(ROOT / "plugins" / "module_utils") not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(ROOT / "plugins" / "module_utils"))
 
 
-def load_plugin(relative: str) -> ModuleType:
+def load_plugin(relative: str | Path, name: str | None = None) -> ModuleType:
+    """Load a Python file by path (relative to the repository), with or without a .py suffix
+    (scripts such as roles/firewall/files/cluster-firewall have none)."""
     path = ROOT / relative
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec and spec.loader
+    name = name or path.stem.replace("-", "_")
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    loader.exec_module(module)
     return module

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import jinja2
 import pytest
 import yaml
+from conftest import load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins" / "filter"))
@@ -281,17 +281,8 @@ def test_host_addresses_filter():
     assert fp.host_addresses(HOSTVARS, ["gpu1"]) == {"gpu1": ["172.31.242.21/32"]}
 
 
-def _load_script():
-    path = ROOT / "roles/firewall/files/cluster-firewall"
-    loader = importlib.machinery.SourceFileLoader("cluster_firewall", str(path))
-    spec = importlib.util.spec_from_loader("cluster_firewall", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
 def test_script_and_role_agree_on_names():
-    script = _load_script()
+    script = load_plugin("roles/firewall/files/cluster-firewall")
     role_vars = yaml.safe_load((ROOT / "roles/firewall/vars/main.yml").read_text())
     assert script.INPUT_HOOK[1] == role_vars["_firewall_chain_input"] == fp.CHAIN_INPUT
     assert script.DOCKER_HOOK[1] == role_vars["_firewall_chain_docker"] == fp.CHAIN_DOCKER

@@ -3,8 +3,6 @@ module_utils, the two Ansible modules and the scripts/gpu-validate CLI."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,23 +10,16 @@ from pathlib import Path
 import ansible.module_utils.nvidia_gpu as ng
 import pytest
 from ansible.module_utils.testing import patch_module_args
+from conftest import load_plugin
 from fake_nvml import NVML_ERROR_DRIVER_NOT_LOADED, NVML_ERROR_LIBRARY_NOT_FOUND, FakeGpu, FakeNvml, hgx
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "sysfs"
 
 
-def _load(name: str, path: Path):
-    loader = importlib.machinery.SourceFileLoader(name, str(path))
-    spec = importlib.util.spec_from_loader(name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-facts_module = _load("nvidia_gpu_facts", ROOT / "plugins" / "modules" / "nvidia_gpu_facts.py")
-validate_module = _load("nvidia_gpu_validate", ROOT / "plugins" / "modules" / "nvidia_gpu_validate.py")
-cli = _load("gpu_validate_cli", ROOT / "scripts" / "gpu-validate")
+facts_module = load_plugin("plugins/modules/nvidia_gpu_facts.py")
+validate_module = load_plugin("plugins/modules/nvidia_gpu_validate.py")
+cli = load_plugin("scripts/gpu-validate", "gpu_validate_cli")
 
 
 def no_nvml(*_):
