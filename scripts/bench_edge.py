@@ -11,7 +11,7 @@ traffic stays on its loopback and every configuration shares the same two CPU co
   * the backend: the trtllm-serve TEST DOUBLE (tests/doubles/trtllm-standin), answering a
     chat completion with one token and no delay, run by the same test fixture as the
     tests (serve-directly.yml);
-  * the edge: playbooks/security.yml --tags pki (the certificate) and playbooks/edge.yml
+  * the edge: playbooks/security/pki.yml (the certificate) and playbooks/edge.yml
     (edge_proxy) converged on it over the Docker connection, with limits raised out of
     the way;
   * the load: Debian's wrk, installed in the container, keep-alive connections, the same
@@ -203,9 +203,7 @@ def setup(workdir: Path, image: str) -> str:
                                       "env": {"STANDIN_TOKEN_DELAY_MS": 0, "STANDIN_TOKENS": 1}}]}  # fmt: skip
     for playbook, extra, tags in (
         ("tests/doubles/trtllm-standin/serve-directly.yml", json.dumps(standin), "all"),
-        # The certificate only. Skipping the firewall by name also skips its argument check,
-        # which Ansible tags `always`.
-        ("playbooks/security.yml", "{}", "pki --skip-tags firewall"),
+        ("playbooks/security/pki.yml", "{}", "all"),
         ("playbooks/edge.yml", "{}", "all"),
     ):
         log(f"ansible-playbook {playbook}")

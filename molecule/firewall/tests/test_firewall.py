@@ -24,10 +24,9 @@ from toolkit.ansible_run import run_playbook
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
-SECURITY = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks" / "security.yml"
-# The security layer's firewall play only: its other plays (pki, luks) need secrets and disks
+# The security layer's firewall playbook: its pki and luks playbooks need secrets and disks
 # this scenario does not have; they have scenarios of their own.
-FIREWALL_ONLY = ("--tags", "firewall")
+FIREWALL = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks" / "security" / "firewall.yml"
 ENV = {"ANSIBLE_CACHE_PLUGIN": "memory"}
 
 CONTROLLER = "controller"
@@ -173,7 +172,7 @@ def test_policy_without_admin_ssh_refused_by_preflight_before_anything():
 
 def test_policy_without_admin_ssh_refused_by_the_role_before_anything():
     before = _snapshot("fw-ops")
-    run = run_playbook(SECURITY, INVENTORY, *FIREWALL_ONLY, "--limit", "fw-ops", "-e", _lockout_vars(), env=ENV)
+    run = run_playbook(FIREWALL, INVENTORY, "--limit", "fw-ops", "-e", _lockout_vars(), env=ENV)
     assert run.rc != 0
     failures = run.failures()["fw-ops"]
     assert len(failures) == 1 and "Refuse a wrong policy" in failures[0], failures
@@ -194,9 +193,8 @@ def test_lockout_policy_with_guard_off_is_rolled_back_over_real_ssh():
     }
     began = time.monotonic()
     run = run_playbook(
-        SECURITY,
+        FIREWALL,
         INVENTORY,
-        *FIREWALL_ONLY,
         "--limit",
         "fw-ops",
         "-e",
@@ -256,11 +254,11 @@ def test_removing_a_flow_removes_its_rules_and_putting_it_back_restores_them(lis
         {"name": "outside-ssh", "services": ["ssh"], "from": ["outside"]},
     ]  # no monitoring, app-to-data or consoles
     extra = json.dumps({"firewall_flows": flows})
-    run = run_playbook(SECURITY, INVENTORY, *FIREWALL_ONLY, "--limit", "fw-gpu", "-e", extra, env=ENV)
+    run = run_playbook(FIREWALL, INVENTORY, "--limit", "fw-gpu", "-e", extra, env=ENV)
     assert run.rc == 0, run.stdout[-3000:]
     assert not any("monitoring" in r for r in our_rules("fw-gpu"))
     assert set(probe_from("fw-ops", [(ADDRESS["fw-gpu"], 9100), (ADDRESS["fw-gpu"], 8000)]).values()) == {"timeout"}
-    back = run_playbook(SECURITY, INVENTORY, *FIREWALL_ONLY, "--limit", "fw-gpu", env=ENV)
+    back = run_playbook(FIREWALL, INVENTORY, "--limit", "fw-gpu", env=ENV)
     assert back.rc == 0
     assert set(probe_from("fw-ops", [(ADDRESS["fw-gpu"], 9100), (ADDRESS["fw-gpu"], 8000)]).values()) == {"open"}
 
