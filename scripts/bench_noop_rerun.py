@@ -14,9 +14,14 @@ machine noise hits every setting alike:
   project    this repository's ansible.cfg as it is: the above with Mitogen's strategy
              (mitogen_linear, plugins/strategy)
 
-Per setting it reports the median wall time, the tasks one host runs (ok + changed, from
-the run's own stats, the same for every setting), seconds per task, and the re-run as a
-share of the first converge. Prints Markdown; --output also writes it to a file.
+Per setting it reports the median wall time, seconds per task and the re-run as a share of
+the first converge. "Tasks" are the tasks the busiest host runs in the no-op re-run: its `ok`
+count from the run's own stats (Ansible counts a changed task in `ok` too); skipped tasks
+are reported beside it, as they cost a worker and the templating of their condition too.
+
+For scale it also times the floor of each setting: a playbook of 40 `ansible.builtin.ping`
+tasks on the same hosts (the shape of the issue's reference measurement).
+Prints Markdown; --output also writes it to a file.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,15 +60,23 @@ def settings() -> dict[str, dict[str, str]]:
     }
 
 
-def timed_run(env: dict[str, str]) -> tuple[float, int, dict[str, list[str]]]:
-    """Wall seconds, the most tasks one host ran, and the tasks that changed per host."""
+FLOOR_TASKS = 40
+FLOOR_PLAYBOOK = f"""- name: Floor, {FLOOR_TASKS} no-op tasks
+  hosts: all
+  gather_facts: false
+  tasks:
+""" + "".join(f"    - name: No-op {i}\n      ansible.builtin.ping:\n" for i in range(FLOOR_TASKS))
+
+
+def timed_run(env: dict[str, str], playbook: Path = ROOT / "playbooks" / "site.yml"):
+    """Wall seconds, (ok, skipped) of the host that ran the most tasks, the tasks that changed."""
     began = time.monotonic()
-    run = run_playbook(ROOT / "playbooks" / "site.yml", INVENTORY, "--vault-password-file", str(VAULT), env=env)
+    run = run_playbook(playbook, INVENTORY, "--vault-password-file", str(VAULT), env=env)
     took = time.monotonic() - began
     if run.rc != 0:
-        raise SystemExit(f"site run failed (rc={run.rc}): {run.failures() or run.stderr[-2000:]}")
-    per_host = [s.get("ok", 0) + s.get("changed", 0) for s in run.stats.values()]
-    return took, max(per_host), run.changed_tasks()
+        raise SystemExit(f"run of {playbook.name} failed (rc={run.rc}): {run.failures() or run.stderr[-2000:]}")
+    busiest = max(run.stats.values(), key=lambda s: s.get("ok", 0))
+    return took, (busiest.get("ok", 0), busiest.get("skipped", 0)), run.changed_tasks()
 
 
 def main() -> int:
@@ -76,9 +90,13 @@ def main() -> int:
         subprocess.run([*lab, "down"], check=True)
     subprocess.run([*lab, "up"], check=True, stdout=subprocess.DEVNULL)
     print("converging the site once ...", flush=True)
-    first, tasks, _ = timed_run({})
-    print(f"  first converge {first:.1f} s, {tasks} tasks on the busiest host", flush=True)
+    first, (first_tasks, _), _ = timed_run({})
+    print(f"  first converge {first:.1f} s, {first_tasks} tasks on the busiest host", flush=True)
+    floor_book = Path(tempfile.mkdtemp(prefix="bench-floor-")) / "floor.yml"
+    floor_book.write_text(FLOOR_PLAYBOOK)
     runs: dict[str, list[float]] = {name: [] for name in settings()}
+    floors: dict[str, list[float]] = {name: [] for name in settings()}
+    tasks, skipped = 0, 0
     # A setting whose re-run changes something is not measuring a no-op: it is reported with
     # what it changed, and not run again.
     broken: dict[str, dict[str, list[str]]] = {}
@@ -86,13 +104,15 @@ def main() -> int:
         for name, env in settings().items():
             if name in broken:
                 continue
-            took, _, changed = timed_run(env)
+            took, (tasks, skipped), changed = timed_run(env)
             if changed:
                 broken[name] = changed
                 print(f"  round {i + 1}/{args.runs} {name:9} changed something: {changed}", flush=True)
                 continue
             runs[name].append(took)
-            print(f"  round {i + 1}/{args.runs} {name:9} {took:6.1f} s", flush=True)
+            floor, _, _ = timed_run(env, floor_book)
+            floors[name].append(floor)
+            print(f"  round {i + 1}/{args.runs} {name:9} {took:6.1f} s  (floor {floor:5.1f} s)", flush=True)
     hosts = len(subprocess.run([sys.executable, str(ROOT / "scripts" / "lab"), "status"],
                                capture_output=True, text=True, check=True).stdout.splitlines())  # fmt: skip
     lines = [
@@ -100,19 +120,25 @@ def main() -> int:
         "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `scripts/bench_noop_rerun.py --runs {args.runs}"
         f"{' --fresh' if args.fresh else ''}` on {os.cpu_count()} cores ({platform.machine()}), "
-        f"{hosts} lab hosts over SSH, {tasks} tasks per host. Settings interleaved round by round; medians.",
+        f"{hosts} lab hosts over SSH. Settings interleaved round by round; medians.",
         "",
-        f"First converge{'' if args.fresh else ' (lab not fresh: an incremental converge)'}: {first:.1f} s.",
+        f"First converge{'' if args.fresh else ' (lab not fresh: an incremental converge)'}: {first:.1f} s, "
+        f"{first_tasks} tasks on the busiest host.",
+        f"No-op re-run: {tasks} tasks on the busiest host (its `ok` count), and {skipped} skipped.",
+        f"Floor: {FLOOR_TASKS} `ansible.builtin.ping` tasks on the same hosts.",
         "",
-        "| setting | re-run (s) | s per task | re-run / first converge | all runs (s) |",
-        "|---|---|---|---|---|",
+        "| setting | re-run (s) | s per task | s per task, skipped counted | re-run / first converge "
+        "| floor s per task | all runs (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, times in runs.items():
         if not times:
             continue
         med = statistics.median(times)
+        floor = statistics.median(floors[name]) / FLOOR_TASKS
         lines.append(
-            f"| {name} | {med:.1f} | {med / tasks:.2f} | {med / first:.2f} | {', '.join(f'{t:.1f}' for t in times)} |"
+            f"| {name} | {med:.1f} | {med / tasks:.2f} | {med / (tasks + skipped):.2f} | {med / first:.2f} "
+            f"| {floor:.2f} | {', '.join(f'{t:.1f}' for t in times)} |"
         )
     for name, changed in broken.items():
         listed = "; ".join(f"{host}: {', '.join(names)}" for host, names in sorted(changed.items())).replace("|", "\\|")

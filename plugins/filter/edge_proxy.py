@@ -47,7 +47,7 @@ def edge_proxy_endpoints(
 ) -> list[dict[str, Any]]:
     """Serving endpoints from {host: llm_serving fact}, as the edge's upstream pool needs them.
 
-    facts: the `ansible_local.llm_serving` value of each backend host (None or {} when the
+    facts: the `ansible_facts.ansible_local.llm_serving` value of each backend host (None or {} when the
         host publishes nothing: it contributes no endpoint).
     addresses: {host: ansible_host}; a host without one is addressed by its inventory name.
     instances: keep only endpoints of these serving instances (empty: all).
