@@ -7,8 +7,9 @@ Converges the site once (on a fresh lab with --fresh, which also times the first
 converge), then times N no-op re-runs for each connection setting, interleaved so that
 machine noise hits every setting alike:
 
-  defaults   Ansible's defaults: linear strategy, no pipelining, no SSH multiplexing, facts
-             gathered each play
+  defaults   Ansible's defaults: an ansible.cfg with only this repository's paths, so
+             linear strategy, 5 forks, no pipelining, Ansible's own SSH multiplexing,
+             facts gathered each play and not cached
   linear     this repository's ansible.cfg (pipelining, ControlPersist, smart gathering with
              a fact cache) with Ansible's own linear strategy instead of Mitogen's
   project    this repository's ansible.cfg as it is: the above with Mitogen's strategy
@@ -27,6 +28,7 @@ Prints Markdown; --output also writes it to a file.
 from __future__ import annotations
 
 import argparse
+import configparser
 import os
 import platform
 import statistics
@@ -45,16 +47,35 @@ INVENTORY = ROOT / "inventories" / "lab"
 VAULT = ROOT / ".lab" / "vault-pass"
 
 
-def settings() -> dict[str, dict[str, str]]:
+# Settings of ansible.cfg that only say where this repository's parts are: the `defaults`
+# setting keeps them and leaves everything else at Ansible's own defaults.
+PATH_KEYS = {
+    "defaults": ("roles_path", "library", "module_utils", "action_plugins", "filter_plugins", "lookup_plugins"),
+    "inventory": ("ignore_patterns", "enable_plugins"),
+}
+
+
+def defaults_config() -> Path:
+    """An ansible.cfg with only this repository's paths (absolute), for the `defaults` setting."""
+    ours = configparser.ConfigParser(interpolation=None)
+    ours.read(ROOT / "ansible.cfg")
+    cfg = configparser.ConfigParser(interpolation=None)
+    for section, keys in PATH_KEYS.items():
+        cfg[section] = {}
+        for key in keys:
+            value = ours.get(section, key)
+            cfg[section][key] = str(ROOT / value) if section == "defaults" else value
+    path = Path(tempfile.mkdtemp(prefix="bench-defaults-")) / "ansible.cfg"
+    with path.open("w") as f:
+        cfg.write(f)
+    return path
+
+
+def settings(defaults_cfg: Path) -> dict[str, dict[str, str]]:
     return {
-        "defaults": {
-            "ANSIBLE_STRATEGY": "linear",
-            "ANSIBLE_PIPELINING": "False",
-            "ANSIBLE_SSH_ARGS": "-o ControlMaster=no -o ControlPersist=no",
-            "ANSIBLE_GATHERING": "implicit",
-            "ANSIBLE_CACHE_PLUGIN": "memory",
-            "ANSIBLE_FORKS": "5",
-        },
+        # Ansible as installed: linear strategy, 5 forks, no pipelining, its own SSH
+        # multiplexing (ControlPersist=60s), facts gathered every play, no fact cache.
+        "defaults": {"ANSIBLE_CONFIG": str(defaults_cfg)},
         "linear": {"ANSIBLE_STRATEGY": "linear"},
         "project": {},
     }
@@ -94,14 +115,15 @@ def main() -> int:
     print(f"  first converge {first:.1f} s, {first_tasks} tasks on the busiest host", flush=True)
     floor_book = Path(tempfile.mkdtemp(prefix="bench-floor-")) / "floor.yml"
     floor_book.write_text(FLOOR_PLAYBOOK)
-    runs: dict[str, list[float]] = {name: [] for name in settings()}
-    floors: dict[str, list[float]] = {name: [] for name in settings()}
+    setting_envs = settings(defaults_config())
+    runs: dict[str, list[float]] = {name: [] for name in setting_envs}
+    floors: dict[str, list[float]] = {name: [] for name in setting_envs}
     tasks, skipped = 0, 0
     # A setting whose re-run changes something is not measuring a no-op: it is reported with
     # what it changed, and not run again.
     broken: dict[str, dict[str, list[str]]] = {}
     for i in range(args.runs):
-        for name, env in settings().items():
+        for name, env in setting_envs.items():
             if name in broken:
                 continue
             took, (tasks, skipped), changed = timed_run(env)
