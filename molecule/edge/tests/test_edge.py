@@ -7,6 +7,7 @@ real thing: Debian's nginx, ModSecurity v3, OWASP CRS 3.3.4, mtail, and the pki 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import re
@@ -20,6 +21,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
@@ -283,6 +288,58 @@ def test_certificate_renewed_before_expiry_and_served(edge, host):
     )
     assert served == new
     assert edge.handshake()[0] == "TLSv1.3"
+
+
+def _self_signed(name: str) -> tuple[str, str]:
+    """A TEST certificate and its key (PEM), made here: an operator's pair from their own CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+
+
+def test_operator_certificate_checked_before_it_is_written(host):
+    """`provider: provided`: the chain and key are installed as given, the key never shown;
+    a key that does not match is refused by name and the installed pair stays."""
+    cert, key = _self_signed("llm.example.test")
+    _, other_key = _self_signed("other.example.test")
+
+    def converge_pki(secret_key: str):
+        secrets = {**_INVENTORY["all"]["cluster_secrets"], "molecule_operator_key": secret_key}
+        # Only this one: the role leaves certificates it no longer lists (the edge's `server`).
+        certificates = [
+            {
+                "name": "operator",
+                "provider": "provided",
+                "certificate": cert,
+                "private_key_secret": "molecule_operator_key",
+            }
+        ]
+        extra = json.dumps({"cluster_secrets": secrets, "pki_certificates": certificates})
+        return _playbook("converge.yml", "--tags", "pki", "-e", extra)
+
+    run = converge_pki(key)
+    assert run.rc == 0, run.failures() or run.stdout[-3000:]
+    key_body = key.splitlines()[1]
+    assert key_body not in run.stdout + run.stderr
+    assert host.file("/etc/ssl/cluster/operator.crt").content_string == cert
+    key_file = host.file("/etc/ssl/cluster/private/operator.key")
+    assert key_file.mode == 0o600
+    assert key_file.content_string == key
+
+    run = converge_pki(other_key)
+    assert run.rc != 0
+    assert "does not match the key in the cluster secret molecule_operator_key" in json.dumps(run.failures())
+    assert other_key.splitlines()[1] not in run.stdout + run.stderr
+    assert host.file("/etc/ssl/cluster/private/operator.key").content_string == key
 
 
 # --- Privacy (last: it reads every log the tests above produced) ---------------------------
