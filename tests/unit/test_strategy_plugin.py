@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+import ansible.collections.list
+import ansible_mitogen.planner
 import pytest
 from ansible.plugins.strategy.linear import StrategyModule as Linear
 from conftest import load_plugin
@@ -23,3 +25,28 @@ def test_plain_linear_without_mitogen(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert "ansible_mitogen.strategy" not in [c.__module__ for c in strategy.__mro__]
     assert issubclass(strategy, Linear)
     assert "mitogen is not installed" in capsys.readouterr().err
+
+
+def test_collections_listed_once_in_the_strategy_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers fork from the strategy's process: the list made there is the one every task uses."""
+    calls: list[int] = []
+    installed = [b"/venv/ansible_collections/ansible/posix", b"/venv/ansible_collections/community/crypto"]
+    monkeypatch.setattr(ansible.collections.list, "list_collection_dirs", lambda: calls.append(1) or installed)
+    monkeypatch.setattr(ansible_mitogen.planner, "_load_collections", None)
+    # The strategies' own runs (Mitogen's, then linear's) are not the point here.
+    monkeypatch.setattr(Linear, "run", lambda self, iterator, play_context: 0)
+    module = load_plugin("plugins/strategy/mitogen_linear.py")
+    monkeypatch.setattr(module.ansible_mitogen.strategy.StrategyMixin, "run", lambda self, iterator, play_context: 0)
+
+    assert object.__new__(module.StrategyModule).run(None, None) == 0
+    assert calls == [1], "listed in the strategy's process, before any worker forks"
+
+    class Invocation:  # the one attribute Mitogen's planner fills
+        def __init__(self) -> None:
+            self._extra_sys_paths: set[str] = set()
+
+    for _ in range(3):  # three tasks that run collection modules
+        invocation = Invocation()
+        ansible_mitogen.planner._load_collections(invocation)
+        assert invocation._extra_sys_paths == {p.decode() for p in installed}
+    assert calls == [1], "not listed again"
