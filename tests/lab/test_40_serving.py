@@ -68,6 +68,10 @@ def container_id(lab: Lab, host: str) -> str:
     return ids[0]
 
 
+def units(lab: Lab, host: str) -> list[str]:
+    return lab.exec(host, "ls /etc/systemd/system/ | grep llm-serving- || true").stdout.split()
+
+
 def started_at(lab: Lab, host: str) -> dict[str, str]:
     out = lab.exec(
         host, "docker ps --filter label=org.llmlab.serving.instance --format '{{.Names}} {{.ID}}'"
@@ -268,12 +272,14 @@ def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, re
 
 
 def test_a_release_that_never_becomes_ready_is_rolled_back(converged: Lab, edge: dict):
-    host = converged.hosts("gpu_nodes")[0]
-    run, loop, _ = update_under_load(
-        converged, edge, "--limit", host, *release("v3-never-ready", llm_serving_ready_timeout=15)
-    )
+    # Both nodes: the first fails, and the release must not reach the second at all (the
+    # staging play only pulls its image there).
+    host, other = converged.hosts("gpu_nodes")[:2]
+    other_before = (container_id(converged, other), fact(converged, other), units(converged, other))
+    run, loop, _ = update_under_load(converged, edge, *release("v3-never-ready", llm_serving_ready_timeout=15))
     print(f"\nv3 (never ready), rolling on {host}: {loop.summary()}")
     assert run.rc != 0
+    assert (container_id(converged, other), fact(converged, other), units(converged, other)) == other_before
     message = " ".join(m for msgs in run.failures().values() for m in msgs)
     assert "ROLLED BACK" in message and "did not become ready within 15s" in message, message
     assert "stand-in trtllm-serve v3" in message  # the container's own log lines
@@ -377,5 +383,13 @@ def test_the_inventory_state_returns_and_an_unchanged_rerun_touches_nothing(conv
     again = serving(converged)
     assert again.rc == 0, _summary(again)
     assert again.changed_tasks() == {}, again.changed_tasks()
+    # Nothing to roll out: no node entered the one-node-at-a-time play beyond its first task.
+    rollout = {
+        t["task"]["name"]
+        for p in again.data["plays"]
+        if p["play"]["name"].startswith("Serving | Roll the changes out")
+        for t in p["tasks"]
+    }
+    assert rollout <= {"Serving | Nothing to roll out on this node"}, rollout
     after = {host: started_at(converged, host) for host in converged.hosts("gpu_nodes")}
     assert after == before and all(before.values()), (before, after)
