@@ -8,14 +8,30 @@ process over the SSH connection, instead of starting Python for every task: a no
 of the site takes about half as long (docs/benchmarks/noop-rerun.md). Connections Mitogen
 does not know (such as community.docker.docker) run as with the linear strategy.
 
-One addition to Mitogen's strategy: the list of installed collections is made once per run.
-Mitogen's planner lists every collection directory (importing each collection's package and
-parsing its meta/runtime.yml) each time a task runs a collection's module, in the worker
-process Ansible forks for that task and host, so nothing it learns is kept. With the ~100
-collections of the `ansible` package that was the largest single item in a py-spy profile of
-a no-op re-run; listed once here, in the strategy's own process before the workers fork,
-every worker inherits the list and the imported packages (controller CPU per re-run of the
-lab: 38.6 -> 36.9 s, docs/benchmarks/noop-rerun.md).
+Additions to Mitogen's strategy, for one reason: Ansible forks a worker process for every
+task and host, and what a worker computes, imports or caches dies with it. Work that every
+worker would repeat is done once here, in the strategy's process, before the workers fork
+(each found in a py-spy profile of a no-op re-run; measured in docs/benchmarks/noop-rerun.md):
+
+- The installed collections are listed once per run. Mitogen's planner lists every
+  collection directory (importing each collection's package and parsing its
+  meta/runtime.yml) each time a task runs a collection's module; with the ~100 collections
+  of the `ansible` package that was the largest single item in the profile.
+- Caches ansible-core fills lazily are filled first: the mappings between a task result's
+  keys and its fields (typing.get_type_hints over a dataclass: about a quarter of a
+  worker's CPU in a profile of 80 `ping` tasks), the JSON profiles that decode module
+  results (imported by every worker), and isinstance()'s answers for the plain types of a
+  result against the collections.abc types that wrap_var asks about (another tenth). With
+  all three, the workers of that profile used 41 % less CPU.
+- The garbage collector is frozen while a worker forks. A worker that runs the cyclic
+  collector over the objects it inherited writes to every one of them, so the kernel copies
+  the strategy's heap page by page into a process that lives a fraction of a second. Frozen
+  objects are not scanned (Python's gc.freeze documentation describes this use); unfreezing
+  right after the fork leaves the strategy's own collection as it was.
+
+If a later ansible-core moves what the second item fills, it fills nothing and the workers
+do the work as before (tests/unit/test_strategy_plugin.py fails, so a pin update
+notices).
 """
 
 from __future__ import annotations
@@ -37,9 +53,18 @@ except ImportError:  # not installed (e.g. collections from Galaxy only): plain 
 
 else:
     import functools
+    import gc
+    import itertools
 
     import ansible.collections.list
     import ansible_mitogen.planner
+
+    try:  # for warm_worker_caches(), an optimisation only
+        from ansible._internal._task import UnifiedTaskResult
+        from ansible.module_utils.common.json import Direction, get_module_decoder, get_module_encoder
+        from ansible.utils.unsafe_proxy import wrap_var
+    except ImportError:
+        UnifiedTaskResult = None
 
     _Linear = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
@@ -48,13 +73,40 @@ else:
         """The installed collections' directories, as Mitogen's planner lists them (fixed for a run)."""
         return tuple(path.decode("utf-8") for path in ansible.collections.list.list_collection_dirs())
 
+    def warm_worker_caches() -> None:
+        """Fill the caches every worker would otherwise fill for itself (see the module's docstring)."""
+        if UnifiedTaskResult is None:
+            return
+        try:  # an optimisation only: where ansible-core has changed these, the workers fill their own
+            # Called as ansible-core calls them: functools.cache tells keyword from positional arguments.
+            for flag, other in itertools.product((True, False), repeat=2):
+                UnifiedTaskResult.get_result_key_to_resolved_field_mapping(source_is_module=flag)
+                UnifiedTaskResult._get_field_name_to_result_key_mapping(for_callback=flag, for_round_trip=other)
+            for profile in ("legacy", "modern"):
+                for direction in Direction:
+                    get_module_decoder(profile, direction)
+                    get_module_encoder(profile, direction)
+            # isinstance() against collections.abc types caches per type, in the process that asks.
+            wrap_var({"str": ["text", b"bytes", 1, 1.5, True, None, {"dict": ()}, {"set"}]})
+        except (AttributeError, TypeError, ValueError):
+            return
+
     def _load_collections(invocation) -> None:
         """Mitogen's planner._load_collections, from the list made once per run."""
         invocation._extra_sys_paths.update(collection_dirs())
 
     class StrategyModule(ansible_mitogen.strategy.StrategyMixin, _Linear):
         def run(self, iterator, play_context):
-            # Here, in the strategy's process: the workers fork from it with the list made.
+            # Here, in the strategy's process: the workers fork from it with these made.
             collection_dirs()
+            warm_worker_caches()
             ansible_mitogen.planner._load_collections = _load_collections
             return super().run(iterator, play_context)
+
+        def _queue_task(self, host, task, task_vars, play_context):
+            # The worker forks inside; both calls only move the collector's lists (O(1)).
+            gc.freeze()
+            try:
+                return super()._queue_task(host, task, task_vars, play_context)
+            finally:
+                gc.unfreeze()

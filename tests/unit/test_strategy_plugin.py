@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import ansible.collections.list
 import ansible_mitogen.planner
 import pytest
+from ansible._internal._task import UnifiedTaskResult
 from ansible.plugins.strategy.linear import StrategyModule as Linear
 from conftest import load_plugin
 
@@ -50,3 +52,52 @@ def test_collections_listed_once_in_the_strategy_process(monkeypatch: pytest.Mon
         ansible_mitogen.planner._load_collections(invocation)
         assert invocation._extra_sys_paths == {p.decode() for p in installed}
     assert calls == [1], "not listed again"
+
+
+def test_workers_fork_with_the_collector_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's collector must not scan (and so copy) the heap it inherits; the strategy's own is unfrozen after."""
+    frozen_at_fork: list[int] = []
+    module = load_plugin("plugins/strategy/mitogen_linear.py")
+    monkeypatch.setattr(
+        module.ansible_mitogen.strategy.StrategyMixin,
+        "_queue_task",
+        lambda self, host, task, task_vars, play_context: frozen_at_fork.append(gc.get_freeze_count()),
+    )
+    strategy = object.__new__(module.StrategyModule)
+    gc.unfreeze()
+    before = gc.get_freeze_count()
+
+    strategy._queue_task(None, None, {}, None)
+    assert frozen_at_fork[0] > 0, "objects frozen while the worker forks"
+    assert gc.get_freeze_count() == before == 0, "unfrozen after"
+
+    def fork_fails(self, host, task, task_vars, play_context):
+        raise OSError("fork failed")
+
+    monkeypatch.setattr(module.ansible_mitogen.strategy.StrategyMixin, "_queue_task", fork_fails)
+    with pytest.raises(OSError):
+        strategy._queue_task(None, None, {}, None)
+    assert gc.get_freeze_count() == 0, "unfrozen when the fork fails too"
+
+
+def test_worker_caches_filled_before_the_workers_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What every worker would compute for its result is computed once, in the strategy's process."""
+    result_fields = UnifiedTaskResult.get_result_key_to_resolved_field_mapping
+    result_fields.cache_clear()
+    for name in [m for m in sys.modules if "._json._profiles._module_" in m]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(Linear, "run", lambda self, iterator, play_context: 0)
+    module = load_plugin("plugins/strategy/mitogen_linear.py")
+    monkeypatch.setattr(module.ansible_mitogen.strategy.StrategyMixin, "run", lambda self, iterator, play_context: 0)
+    monkeypatch.setattr(module, "collection_dirs", tuple)  # not the point here
+
+    object.__new__(module.StrategyModule).run(None, None)
+    assert result_fields.cache_info().currsize == 2
+    assert {"legacy_m2c", "legacy_c2m", "modern_m2c", "modern_c2m"} <= {
+        m.rpartition("._module_")[2] for m in sys.modules if "._json._profiles._module_" in m
+    }
+
+    # A worker asks the way ansible-core asks (keyword argument): answered from the cache.
+    UnifiedTaskResult.from_module_result_dict({"changed": False, "ping": "pong"})
+    UnifiedTaskResult.from_action_result_dict({"changed": False})
+    assert result_fields.cache_info().currsize == 2, "no new entry: the worker's calls hit the cache"
