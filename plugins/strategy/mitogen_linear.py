@@ -17,12 +17,13 @@ worker would repeat is done once here, in the strategy's process, before the wor
   collection directory (importing each collection's package and parsing its
   meta/runtime.yml) each time a task runs a collection's module; with the ~100 collections
   of the `ansible` package that was the largest single item in the profile.
-- Caches ansible-core fills lazily are filled first: the mappings between a task result's
-  keys and its fields (typing.get_type_hints over a dataclass: about a quarter of a
-  worker's CPU in a profile of 80 `ping` tasks), the JSON profiles that decode module
-  results (imported by every worker), and isinstance()'s answers for the plain types of a
-  result against the collections.abc types that wrap_var asks about (another tenth). With
-  all three, the workers of that profile used 41 % less CPU.
+- Caches ansible-core fills lazily are filled first. The Jinja filters and tests: the first
+  template with a filter makes a worker load every filter and test plugin file outside
+  collections (0.15 s of CPU; a quarter of the workers' CPU in a profile of the site's
+  re-run). The mappings between a task result's keys and its fields (typing.get_type_hints
+  over a dataclass: a quarter of a worker's CPU in a profile of 80 `ping` tasks), the JSON
+  profiles that decode module results, and isinstance()'s answers for the plain types of a
+  result against the collections.abc types that wrap_var asks about (another tenth of it).
 - The garbage collector is frozen while a worker forks. A worker that runs the cyclic
   collector over the objects it inherited writes to every one of them, so the kernel copies
   the strategy's heap page by page into a process that lives a fraction of a second. Frozen
@@ -62,6 +63,7 @@ else:
     try:  # for warm_worker_caches(), an optimisation only
         from ansible._internal._task import UnifiedTaskResult
         from ansible.module_utils.common.json import Direction, get_module_decoder, get_module_encoder
+        from ansible.plugins.loader import filter_loader, test_loader
         from ansible.utils.unsafe_proxy import wrap_var
     except ImportError:
         UnifiedTaskResult = None
@@ -86,6 +88,10 @@ else:
                 for direction in Direction:
                     get_module_decoder(profile, direction)
                     get_module_encoder(profile, direction)
+            # The first filter or test looked up by short name loads every plugin file of the
+            # kind outside collections (ansible.builtin's, plugins/filter): 0.15 s of CPU.
+            filter_loader.get_with_context("bool")
+            test_loader.get_with_context("failed")
             # isinstance() against collections.abc types caches per type, in the process that asks.
             wrap_var({"str": ["text", b"bytes", 1, 1.5, True, None, {"dict": ()}, {"set"}]})
         except (AttributeError, TypeError, ValueError):

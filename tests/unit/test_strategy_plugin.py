@@ -9,6 +9,7 @@ import ansible.collections.list
 import ansible_mitogen.planner
 import pytest
 from ansible._internal._task import UnifiedTaskResult
+from ansible.plugins.loader import filter_loader, test_loader
 from ansible.plugins.strategy.linear import StrategyModule as Linear
 from conftest import load_plugin
 
@@ -90,9 +91,14 @@ def test_worker_caches_filled_before_the_workers_fork(monkeypatch: pytest.Monkey
     module = load_plugin("plugins/strategy/mitogen_linear.py")
     monkeypatch.setattr(module.ansible_mitogen.strategy.StrategyMixin, "run", lambda self, iterator, play_context: 0)
     monkeypatch.setattr(module, "collection_dirs", tuple)  # not the point here
+    for loader in (filter_loader, test_loader):
+        monkeypatch.setattr(loader, "_cached_non_collection_wrappers", {})
 
     object.__new__(module.StrategyModule).run(None, None)
     assert result_fields.cache_info().currsize == 2
+    # Every filter and test outside collections loaded, not only the one asked for.
+    assert {"bool", "to_json", "ansible.builtin.regex_replace"} <= set(filter_loader._cached_non_collection_wrappers)
+    assert {"failed", "ansible.builtin.version"} <= set(test_loader._cached_non_collection_wrappers)
     assert {"legacy_m2c", "legacy_c2m", "modern_m2c", "modern_c2m"} <= {
         m.rpartition("._module_")[2] for m in sys.modules if "._json._profiles._module_" in m
     }
