@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import gc
 import sys
+import threading
+import time
 
 import ansible.collections.list
 import ansible_mitogen.planner
 import pytest
 from ansible._internal._task import UnifiedTaskResult
+from ansible.errors import AnsibleError
 from ansible.plugins.loader import filter_loader, test_loader
 from ansible.plugins.strategy.linear import StrategyModule as Linear
 from conftest import load_plugin
@@ -28,6 +32,18 @@ def test_plain_linear_without_mitogen(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert "ansible_mitogen.strategy" not in [c.__module__ for c in strategy.__mro__]
     assert issubclass(strategy, Linear)
     assert "mitogen is not installed" in capsys.readouterr().err
+
+    # The work done before the fork is not Mitogen's: the plain strategy does it too.
+    frozen_at_fork: list[int] = []
+
+    def queue_task(self, host, task, task_vars, play_context):
+        frozen_at_fork.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(Linear, "_queue_task", queue_task)
+    gc.unfreeze()
+    object.__new__(strategy)._queue_task(None, None, {}, None)
+    assert frozen_at_fork[0] > 0
+    assert gc.get_freeze_count() == 0
 
 
 def test_collections_listed_once_in_the_strategy_process(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,3 +123,74 @@ def test_worker_caches_filled_before_the_workers_fork(monkeypatch: pytest.Monkey
     UnifiedTaskResult.from_module_result_dict({"changed": False, "ping": "pong"})
     UnifiedTaskResult.from_action_result_dict({"changed": False})
     assert result_fields.cache_info().currsize == 2, "no new entry: the worker's calls hit the cache"
+
+
+class _FakeTqm:
+    def __init__(self) -> None:
+        self._terminated = False
+        self.dead = False
+
+    def has_dead_workers(self) -> bool:
+        return self.dead
+
+
+class _FakeStrategy:
+    """The parts of ansible-core's StrategyBase that the result wait uses."""
+
+    def __init__(self, tqm: _FakeTqm) -> None:
+        self._tqm = tqm
+        self._results: collections.deque[str] = collections.deque()
+        self._pending_results = 0
+        self.looks = 0
+
+    def _process_pending_results(self, iterator: object) -> list[str]:
+        self.looks += 1
+        done = []
+        while self._results:
+            done.append(self._results.popleft())
+            self._pending_results -= 1
+        return done
+
+
+def _waiting_strategy(module: object) -> object:
+    class Strategy(module.WokenByResults, _FakeStrategy):  # type: ignore[name-defined]
+        pass
+
+    return Strategy(_FakeTqm())
+
+
+def test_results_wake_the_strategy_instead_of_a_polling_loop() -> None:
+    """Both strategies wait on the event; a result added at any moment is collected, without busy looks."""
+    module = load_plugin("plugins/strategy/mitogen_linear.py")
+    assert module.WokenByResults in module.StrategyModule.__mro__
+    strategy = _waiting_strategy(module)
+    assert isinstance(strategy._results, module.ResultQueue)
+
+    strategy._pending_results = 3
+
+    def worker_results() -> None:  # as ansible-core's results thread adds them
+        for name in ("gpu1", "gpu2", "ops1"):
+            time.sleep(0.05)
+            strategy._results.append(name)
+
+    thread = threading.Thread(target=worker_results)
+    thread.start()
+    assert strategy._wait_on_pending_results(None) == ["gpu1", "gpu2", "ops1"]
+    thread.join()
+    assert strategy._pending_results == 0
+    # Polling every millisecond would have looked ~150 times; the event wakes it once a result.
+    assert strategy.looks <= 6
+
+
+def test_result_wait_still_notices_a_dead_worker_and_an_interrupted_run() -> None:
+    module = load_plugin("plugins/strategy/mitogen_linear.py")
+    strategy = _waiting_strategy(module)
+    strategy._pending_results = 1
+    strategy._tqm.dead = True  # killed before it posted its result
+    with pytest.raises(AnsibleError, match="dead state"):
+        strategy._wait_on_pending_results(None)
+
+    strategy._tqm.dead = False
+    threading.Timer(0.05, lambda: setattr(strategy._tqm, "_terminated", True)).start()
+    assert strategy._wait_on_pending_results(None) == []  # returns within the check interval
+    assert strategy._pending_results == 1
