@@ -30,16 +30,21 @@ worker would repeat is done once here, in the strategy's process, before the wor
   objects are not scanned (Python's gc.freeze documentation describes this use); unfreezing
   right after the fork leaves the strategy's own collection as it was.
 
-And one addition for the strategy's own process, the critical path of a run (it forks and
+And two additions for the strategy's own process, the critical path of a run (it forks and
 collects every worker, one after the other):
 
+- Mitogen returns the host's Python interpreter as a fact with every task's result, so the
+  strategy stored each host's facts anew in the fact cache (JSON-encoded and written) for
+  every task: 227 times in the site's re-run. It now does so only after a discovery, as
+  ansible-core does (32 times; the rest are the roles' own facts).
 - It waits for results on an event (WokenByResults) instead of ansible-core's 1 ms sleep
   between looks. In the site's no-op re-run its thread was put on a CPU 17,000 times, each
   time after waiting behind the workers; now about 3,300 times.
 
-All but the first also apply where Mitogen is missing and the plain linear strategy runs.
-If a later ansible-core moves what the second item fills, it fills nothing and the workers
-do the work as before (tests/unit/test_strategy_plugin.py fails, so a pin update notices).
+The pre-fork caches, the collector freeze and the wait on an event also apply where Mitogen
+is missing and the plain linear strategy runs. If a later ansible-core moves what the
+second item fills, it fills nothing and the workers do the work as before
+(tests/unit/test_strategy_plugin.py fails, so a pin update notices).
 """
 
 from __future__ import annotations
@@ -164,6 +169,7 @@ except ImportError:  # not installed (e.g. collections from Galaxy only): plain 
 else:
     import ansible.collections.list
     import ansible_mitogen.planner
+    import ansible_mitogen.transport_config
 
     _Linear = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
@@ -176,9 +182,32 @@ else:
         """Mitogen's planner._load_collections, from the list made once per run."""
         invocation._extra_sys_paths.update(collection_dirs())
 
+    # Mitogen's own function, also where an earlier load of this file replaced it already.
+    _run_interpreter_discovery = getattr(
+        ansible_mitogen.transport_config.run_interpreter_discovery_if_necessary,
+        "__wrapped__",
+        ansible_mitogen.transport_config.run_interpreter_discovery_if_necessary,
+    )
+
+    def _interpreter_fact_when_discovered(s, candidates, task_vars, action, rediscover_python):
+        """Mitogen's interpreter discovery, returning the interpreter as a fact only when it discovered it.
+
+        Mitogen returns it with every task's result, also when it came from the host's cached
+        facts; the strategy's process then stores the host's facts anew (JSON, in the fact
+        cache) for every task and host. ansible-core returns it only after a discovery.
+        """
+        cached = not rediscover_python and (task_vars.get("ansible_facts") or {}).get("discovered_interpreter_python")
+        interpreter = _run_interpreter_discovery(s, candidates, task_vars, action, rediscover_python)
+        if cached:
+            action._discovered_interpreter_key = None
+        return interpreter
+
+    _interpreter_fact_when_discovered.__wrapped__ = _run_interpreter_discovery
+
     class StrategyModule(PreparedFork, WokenByResults, ansible_mitogen.strategy.StrategyMixin, _Linear):
         def run(self, iterator, play_context):
             # Here, in the strategy's process: the workers fork from it with the list made.
             collection_dirs()
             ansible_mitogen.planner._load_collections = _load_collections
+            ansible_mitogen.transport_config.run_interpreter_discovery_if_necessary = _interpreter_fact_when_discovered
             return super().run(iterator, play_context)

@@ -10,6 +10,7 @@ import time
 
 import ansible.collections.list
 import ansible_mitogen.planner
+import ansible_mitogen.transport_config
 import pytest
 from ansible._internal._task import UnifiedTaskResult
 from ansible.errors import AnsibleError
@@ -194,3 +195,51 @@ def test_result_wait_still_notices_a_dead_worker_and_an_interrupted_run() -> Non
     threading.Timer(0.05, lambda: setattr(strategy._tqm, "_terminated", True)).start()
     assert strategy._wait_on_pending_results(None) == []  # returns within the check interval
     assert strategy._pending_results == 1
+
+
+class _Action:
+    """What Mitogen's interpreter discovery reads and writes on an action plugin."""
+
+    def __init__(self) -> None:
+        self._discovered_interpreter_key = None
+        self._mitogen_discovering_interpreter = False
+
+
+def test_interpreter_fact_returned_only_after_a_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fact in a result makes the strategy rewrite the host's fact cache; a cached interpreter is not news."""
+    monkeypatch.setattr(
+        ansible_mitogen.transport_config,
+        "run_interpreter_discovery_if_necessary",
+        ansible_mitogen.transport_config.run_interpreter_discovery_if_necessary,
+    )
+    monkeypatch.setattr(Linear, "run", lambda self, iterator, play_context: 0)
+    module = load_plugin("plugins/strategy/mitogen_linear.py")
+    monkeypatch.setattr(module.ansible_mitogen.strategy.StrategyMixin, "run", lambda self, iterator, play_context: 0)
+    monkeypatch.setattr(module, "collection_dirs", tuple)
+    object.__new__(module.StrategyModule).run(None, None)
+    discovery = ansible_mitogen.transport_config.run_interpreter_discovery_if_necessary
+    assert discovery is module._interpreter_fact_when_discovered
+
+    # Known from the host's cached facts: Mitogen's own code answers, and no fact goes back.
+    action = _Action()
+    task_vars = {"ansible_facts": {"discovered_interpreter_python": "/usr/bin/python3"}}
+    assert discovery("auto_silent", [], task_vars, action, False) == "/usr/bin/python3"
+    assert action._discovered_interpreter_key is None
+
+    # Discovered now: the fact goes back, to be cached.
+    def discovers(s, candidates, task_vars, action, rediscover_python):
+        action._discovered_interpreter_key = "discovered_interpreter_python"
+        return "/usr/bin/python3.12"
+
+    monkeypatch.setattr(module, "_run_interpreter_discovery", discovers)
+    action = _Action()
+    assert discovery("auto_silent", [], {"ansible_facts": {}}, action, False) == "/usr/bin/python3.12"
+    assert action._discovered_interpreter_key == "discovered_interpreter_python"
+    # Rediscovery (Mitogen's docker connection) is Mitogen's own business.
+    action = _Action()
+    discovery("auto_silent", [], task_vars, action, True)
+    assert action._discovered_interpreter_key == "discovered_interpreter_python"
+
+    # A second load of the plugin wraps Mitogen's function, not its own wrapper.
+    again = load_plugin("plugins/strategy/mitogen_linear.py")
+    assert again._run_interpreter_discovery is module._interpreter_fact_when_discovered.__wrapped__
