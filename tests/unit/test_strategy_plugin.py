@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import collections
 import gc
+import json
+import os
+import queue
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import ansible.collections.list
 import ansible_mitogen.planner
@@ -16,7 +21,7 @@ from ansible._internal._task import UnifiedTaskResult
 from ansible.errors import AnsibleError
 from ansible.plugins.loader import filter_loader, test_loader
 from ansible.plugins.strategy.linear import StrategyModule as Linear
-from conftest import load_plugin
+from conftest import ROOT, load_plugin
 
 
 def test_mitogen_strategy_when_the_package_is_there() -> None:
@@ -141,11 +146,14 @@ class _FakeStrategy:
     def __init__(self, tqm: _FakeTqm) -> None:
         self._tqm = tqm
         self._results: collections.deque[str] = collections.deque()
+        self._rpc_queue: queue.Queue[threading.Event] = queue.Queue()
         self._pending_results = 0
         self.looks = 0
 
     def _process_pending_results(self, iterator: object) -> list[str]:
         self.looks += 1
+        while not self._rpc_queue.empty():  # a worker's inventory request, answered
+            self._rpc_queue.get().set()
         done = []
         while self._results:
             done.append(self._results.popleft())
@@ -183,6 +191,29 @@ def test_results_wake_the_strategy_instead_of_a_polling_loop() -> None:
     # Polling every millisecond would have looked ~150 times. The event wakes it once a result
     # (twice where a result lands between the clear and the look): at most 1 + 2 * 3.
     assert strategy.looks <= 7
+
+
+def test_an_inventory_request_wakes_the_strategy() -> None:
+    """A worker running add_host or group_by waits for the strategy to answer: the request must wake it."""
+    module = load_plugin("plugins/strategy/mitogen_linear.py")
+    strategy = _waiting_strategy(module)
+    strategy.DEAD_WORKER_CHECK_S = 30.0  # only the request can wake it in time
+    strategy._pending_results = 1
+    answered = threading.Event()
+
+    def worker() -> None:  # asks, and once answered posts its result
+        time.sleep(0.05)
+        strategy._rpc_queue.put(answered)
+        if answered.wait(5):
+            strategy._results.append("gpu1")
+        else:  # not answered: end the wait, so that the test fails instead of hanging
+            strategy._tqm._terminated = True
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert strategy._wait_on_pending_results(None) == ["gpu1"]
+    thread.join()
+    assert answered.is_set()
 
 
 def test_result_wait_still_notices_a_dead_worker_and_an_interrupted_run() -> None:
@@ -245,3 +276,111 @@ def test_interpreter_fact_returned_only_after_a_discovery(monkeypatch: pytest.Mo
     # A second load of the plugin wraps Mitogen's function, not its own wrapper.
     again = load_plugin("plugins/strategy/mitogen_linear.py")
     assert again._run_interpreter_discovery is module._interpreter_fact_when_discovered.__wrapped__
+
+
+SKIPS_PLAYBOOK = """
+- hosts: all
+  gather_facts: false
+  vars:
+    answer: 42
+  tasks:
+    - name: Skipped and registered
+      ansible.builtin.command: /bin/false
+      when: answer == 0
+      register: skipped_reg
+    - name: The registered skip, as a later task sees it
+      ansible.builtin.debug:
+        var: skipped_reg
+    - name: Runs on one host, skips on the other (a host variable)
+      ansible.builtin.debug:
+        msg: ran
+      when: flag | bool
+    - name: Skipped, with a templated ignore_errors and no_log
+      ansible.builtin.command: /bin/false
+      when: answer < 0
+      ignore_errors: "{{ answer > 1 }}"
+      no_log: true
+    - name: Runs, on a variable only the worker's play context adds
+      ansible.builtin.debug:
+        msg: "{{ ansible_host }}"
+      when: ansible_host is defined
+    - name: Skipped include
+      ansible.builtin.include_tasks: nowhere.yml
+      when: answer == 1
+    - name: Skipped block
+      when: answer == 2
+      block:
+        - name: In the skipped block
+          ansible.builtin.debug:
+            msg: never
+    - name: Skipped, its condition writes the process that evaluates it
+      ansible.builtin.debug:
+        msg: never
+      when: lookup('ansible.builtin.pipe', 'echo $PPID >> ' ~ pid_log) == 'never'
+    - name: Skipped again, the same way
+      ansible.builtin.debug:
+        msg: never
+      when: lookup('ansible.builtin.pipe', 'echo $PPID >> ' ~ pid_log) == 'never'
+    - name: Skipped per item (a loop goes to a worker)
+      ansible.builtin.debug:
+        msg: "{{ item }}"
+      loop: [1, 2]
+      when: item > 2
+    - name: An undefined variable in the condition fails the task
+      ansible.builtin.debug:
+        msg: never
+      when: not_defined_anywhere
+      ignore_errors: true
+"""
+
+
+def _run_skips(tmp_path: Path, strategy: str) -> tuple[dict, list[str]]:
+    """The playbook's JSON report (without timings) and the processes that evaluated the counted conditions."""
+    (tmp_path / "play.yml").write_text(SKIPS_PLAYBOOK)
+    pid_log = tmp_path / f"pids-{strategy}"
+    (tmp_path / "hosts").write_text(
+        "a flag=true\nb flag=false\n"
+        f"[all:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n"
+    )
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_STRATEGY=strategy,
+        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+    )
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "play.yml", "-i", "hosts", "-e", f"pid_log={pid_log}"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{") :])  # then the timer's line
+
+    def without_timings(value):
+        if isinstance(value, dict):
+            return {k: without_timings(v) for k, v in value.items() if k not in ("duration", "start", "end", "id")}
+        if isinstance(value, list):
+            return [without_timings(v) for v in value]
+        return value
+
+    # The json callback lists a task once per host for strategies it does not know as lock-step
+    # (ours): one entry per task, with every host's result, whichever the strategy.
+    tasks: dict[str, dict] = {}
+    for entry in without_timings(report)["plays"][0]["tasks"]:
+        tasks.setdefault(entry["task"]["path"], {"task": entry["task"], "hosts": {}})["hosts"].update(entry["hosts"])
+    return {"tasks": list(tasks.values()), "stats": report["stats"]}, pid_log.read_text().split()
+
+
+def test_false_conditions_skip_without_a_worker_with_the_workers_result(tmp_path: Path) -> None:
+    """Every host and task reports what ansible-core's linear strategy reports; the skips came from one process."""
+    linear, linear_pids = _run_skips(tmp_path, "linear")
+    ours, our_pids = _run_skips(tmp_path, "mitogen_linear")
+    assert ours == linear
+    tasks = {task["task"]["name"]: task["hosts"] for task in ours["tasks"]}
+    assert tasks["Runs on one host, skips on the other (a host variable)"]["b"]["skipped"] is True
+    assert tasks["The registered skip, as a later task sees it"]["a"]["skipped_reg"]["false_condition"] == "answer == 0"
+    assert "skipped" not in tasks["Runs, on a variable only the worker's play context adds"]["a"]
+    assert tasks["An undefined variable in the condition fails the task"]["a"]["failed"] is True
+    # Two tasks on two hosts: four workers under linear, the strategy's own process here (which
+    # evaluates a false condition twice: the second time with the worker's connection variables).
+    assert len(linear_pids) == len(set(linear_pids)) == 4
+    assert len(our_pids) == 8 and len(set(our_pids)) == 1
