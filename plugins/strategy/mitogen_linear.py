@@ -24,6 +24,10 @@ worker would repeat is done once here, in the strategy's process, before the wor
   over a dataclass: a quarter of a worker's CPU in a profile of 80 `ping` tasks), the JSON
   profiles that decode module results, and isinstance()'s answers for the plain types of a
   result against the collections.abc types that wrap_var asks about (another tenth of it).
+- Mitogen's module scanner compiles each source file once per run. To find what a module
+  imports from module_utils, it compiles the module and every module_utils file reached,
+  for each module a run uses: basic.py and the rest again for every module (1.7 of the
+  1.9 CPU-seconds its multiplexer spent scanning in the site's no-op re-run).
 - The garbage collector is frozen while a worker forks. A worker that runs the cyclic
   collector over the objects it inherited writes to every one of them, so the kernel copies
   the strategy's heap page by page into a process that lives a fraction of a second. Frozen
@@ -278,6 +282,7 @@ except ImportError:  # not installed (e.g. collections from Galaxy only): plain 
 
 else:
     import ansible.collections.list
+    import ansible_mitogen.module_finder
     import ansible_mitogen.planner
     import ansible_mitogen.transport_config
 
@@ -314,6 +319,17 @@ else:
 
     _interpreter_fact_when_discovered.__wrapped__ = _run_interpreter_discovery
 
+    @functools.cache
+    def _compile_once(source, filename, mode):
+        """compile() for Mitogen's module scanner, once per distinct source text.
+
+        To find the module_utils a module imports, the scanner (ansible_mitogen.module_finder,
+        in Mitogen's multiplexer process) compiles the module and every module_utils file it
+        reaches, anew for each module: the same files (basic.py and the rest) once per module
+        that a run uses.
+        """
+        return compile(source, filename, mode)
+
     class StrategyModule(
         SkippedWithoutWorker, PreparedFork, WokenByResults, ansible_mitogen.strategy.StrategyMixin, _Linear
     ):
@@ -322,4 +338,6 @@ else:
             collection_dirs()
             ansible_mitogen.planner._load_collections = _load_collections
             ansible_mitogen.transport_config.run_interpreter_discovery_if_necessary = _interpreter_fact_when_discovered
+            # Before Mitogen forks its multiplexer (the first play's run), which runs the scanner.
+            ansible_mitogen.module_finder.compile = _compile_once
             return super().run(iterator, play_context)

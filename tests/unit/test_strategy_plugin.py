@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 
 import ansible.collections.list
+import ansible.executor.module_common
+import ansible.modules
+import ansible_mitogen.module_finder
 import ansible_mitogen.planner
 import ansible_mitogen.transport_config
 import pytest
@@ -384,3 +387,34 @@ def test_false_conditions_skip_without_a_worker_with_the_workers_result(tmp_path
     # evaluates a false condition twice: the second time with the worker's connection variables).
     assert len(linear_pids) == len(set(linear_pids)) == 4
     assert len(our_pids) == 8 and len(set(our_pids)) == 1
+
+
+def test_mitogens_module_scanner_compiles_each_source_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scanning a second module does not compile the module_utils files the first one reached again."""
+    monkeypatch.setattr(ansible_mitogen.module_finder, "compile", compile, raising=False)
+    monkeypatch.setattr(Linear, "run", lambda self, iterator, play_context: 0)
+    module = load_plugin("plugins/strategy/mitogen_linear.py")
+    monkeypatch.setattr(module.ansible_mitogen.strategy.StrategyMixin, "run", lambda self, iterator, play_context: 0)
+    monkeypatch.setattr(module, "collection_dirs", tuple)
+
+    def scan(name: str) -> list:  # as Mitogen's ModuleDepService calls it
+        return ansible_mitogen.module_finder.scan(
+            module_name=f"ansible_module_{name}",
+            module_path=str(Path(ansible.modules.__file__).parent / f"{name}.py"),
+            search_path=(ansible.executor.module_common._MODULE_UTILS_PATH,),
+        )
+
+    unpatched = {name: scan(name) for name in ("ping", "command")}
+    object.__new__(module.StrategyModule).run(None, None)
+    assert ansible_mitogen.module_finder.compile is module._compile_once
+    module._compile_once.cache_clear()
+
+    assert scan("ping") == unpatched["ping"]
+    assert scan("command") == unpatched["command"], "the same answer"
+    shared = {path for _, path, _ in unpatched["ping"]} & {path for _, path, _ in unpatched["command"]}
+    assert any(path.endswith("module_utils/basic.py") for path in shared)
+    # Compiled: both modules, and each module_utils file once; basic.py and the rest of what
+    # `command` shares with `ping` came from the cache.
+    info = module._compile_once.cache_info()
+    assert info.misses == 2 + len({path for result in unpatched.values() for _, path, _ in result})
+    assert info.hits >= len(shared)
