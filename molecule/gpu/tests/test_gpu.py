@@ -204,6 +204,36 @@ def test_cdi_spec_names_the_installed_driver(host):
     assert "libcuda.so.580.95.05" in spec
 
 
+# --- nvml_collector (observability layer; dcgm-exporter is off on this node) ---------
+
+NVML_VENV = "/opt/nvml-collector/venv"
+NVML_TEXTFILE = "/var/lib/prometheus/node-exporter/nvml.prom"
+
+
+def test_nvml_collector_has_the_pinned_binding_in_its_own_venv(host):
+    version = host.check_output(
+        f"{NVML_VENV}/bin/python -c 'import importlib.metadata as m, pynvml; print(m.version(\"nvidia-ml-py\"))'"
+    )
+    assert version == "13.615.71"
+
+
+def test_nvml_collector_runs_on_its_timer(host):
+    timer = host.service("nvml-collector.timer")
+    assert timer.is_enabled and timer.is_running
+    assert host.run("systemd-analyze verify --man=no /etc/systemd/system/nvml-collector.service").rc == 0
+
+
+def test_nvml_collector_tells_prometheus_when_nvml_cannot_load(host):
+    """The stand-in driver's libnvidia-ml.so is empty: the run fails, and its text file says why."""
+    host.run_expect([0], f"rm -f {NVML_TEXTFILE}")
+    run = host.run("systemctl start nvml-collector.service")
+    assert run.rc != 0, "a failed collection is a failed unit (systemctl --failed lists it)"
+    metrics = host.file(NVML_TEXTFILE)
+    assert metrics.mode == 0o644
+    assert "# TYPE nvml_collector_up gauge\nnvml_collector_up 0\n" in metrics.content_string
+    assert "DCGM_FI_DEV_GPU_TEMP" not in metrics.content_string  # no readings made up
+
+
 # --- the layer as a whole, and drift -------------------------------------------------
 
 
