@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import collections
 import gc
-import json
-import os
 import queue
-import subprocess
 import sys
 import threading
 import time
@@ -24,7 +21,8 @@ from ansible._internal._task import UnifiedTaskResult
 from ansible.errors import AnsibleError
 from ansible.plugins.loader import filter_loader, test_loader
 from ansible.plugins.strategy.linear import StrategyModule as Linear
-from conftest import ROOT, load_plugin
+from conftest import load_plugin
+from toolkit.ansible_run import run_playbook
 
 
 def test_mitogen_strategy_when_the_package_is_there() -> None:
@@ -345,18 +343,11 @@ def _run_skips(tmp_path: Path, strategy: str) -> tuple[dict, list[str]]:
         "a flag=true\nb flag=false\n"
         f"[all:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n"
     )
-    env = dict(
-        os.environ,
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_STRATEGY=strategy,
-        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+    run = run_playbook(
+        tmp_path / "play.yml", tmp_path / "hosts", "-e", f"pid_log={pid_log}", env={"ANSIBLE_STRATEGY": strategy}
     )
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "play.yml", "-i", "hosts", "-e", f"pid_log={pid_log}"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, check=False, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{") :])  # then the timer's line
+    assert run.rc == 0 and run.data, run.stdout[-3000:] + run.stderr[-3000:]
+    report = run.data
 
     def without_timings(value):
         if isinstance(value, dict):
