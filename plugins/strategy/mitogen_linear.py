@@ -45,9 +45,11 @@ and collects every worker, one after the other):
   between looks. In the site's no-op re-run its thread was put on a CPU 17,000 times, each
   time after waiting behind the workers; now about 3,300 times. A worker's inventory request
   (add_host, group_by), which the worker waits on, wakes it too.
-- A task whose condition is false for a host is skipped without a worker
-  (SkippedWithoutWorker): the strategy evaluates the condition as the worker would and posts
-  the worker's skip itself. 86 of the 565 workers of the site's no-op re-run did nothing else.
+- Tasks that need no worker run without one (WithoutWorker): a task whose condition is
+  false for a host (the strategy evaluates it as the worker would and posts the worker's
+  skip; 86 of the 565 workers of the site's no-op re-run did nothing else), and a task whose
+  action runs wholly on the controller (assert, debug, fail, set_fact,
+  validate_argument_spec, includes: 157 of the about 480 workers left).
 
 The pre-fork caches, the collector freeze and the wait on an event also apply where Mitogen
 is missing and the plain linear strategy runs. If a later ansible-core moves what the
@@ -66,10 +68,13 @@ from multiprocessing.reduction import ForkingPickler
 
 from ansible.errors import AnsibleError
 
-try:  # for warm_worker_caches() and skipped_result(), optimisations only
+try:  # for warm_worker_caches(), skipped_result() and run_on_controller(), optimisations only
     from ansible._internal._display_utils import DeferredWarningContext
     from ansible._internal._task import TaskContext, UnifiedTaskResult, WireTaskResult
+    from ansible.executor.task_executor import TaskExecutor
     from ansible.module_utils.common.json import Direction, get_module_decoder, get_module_encoder
+    from ansible.playbook.task import Task
+    from ansible.plugins import loader as plugin_loader
     from ansible.plugins.loader import filter_loader, test_loader
     from ansible.utils.unsafe_proxy import wrap_var
 except ImportError:
@@ -142,20 +147,80 @@ def skipped_result(host, task, task_vars, play_context, loader):
     return utr
 
 
-class SkippedWithoutWorker:
-    """Mixin for a strategy: a task whose condition is false for a host is skipped here, without a worker.
+# ansible-core's actions that run wholly in the controller's process: no module, no file or
+# command on the host, no request to the strategy (group_by and add_host make one, and the
+# strategy answers it: they stay in workers). Includes return their file and arguments.
+CONTROLLER_ACTIONS = frozenset(
+    f"ansible.builtin.{name}" for name in ("assert", "debug", "fail", "set_fact", "validate_argument_spec")
+)
+INCLUDE_ACTIONS = frozenset(
+    f"{prefix}{name}"
+    for prefix in ("", "ansible.builtin.", "ansible.legacy.")
+    for name in ("include_tasks", "include_role")
+)
+
+
+def runs_on_controller(task) -> bool:
+    """Whether the task runs in the strategy's process: a controller-only action that neither waits nor retries.
+
+    A worker's waits (loop pause, until/retries, a timeout's alarm) would stop the strategy;
+    delegation reads another host's variables. A templated value of those keywords counts as set.
+    """
+    if task.action not in INCLUDE_ACTIONS and task.resolved_action not in CONTROLLER_ACTIONS:
+        return False
+    if task.delegate_to or task.async_val or task.timeout or task.until or task.retries is not None:
+        return False
+    return not (task.loop_control and task.loop_control.pause)
+
+
+def run_on_controller(host, task, task_vars, play_context, loader, final_q, variable_manager):
+    """What a worker does with the task for the host (executor/process/worker.py, WorkerProcess._run), here.
+
+    On a copy of the task: the executor templates the task's fields in place, and the
+    strategy's task is the one every host shares. The worker's copy is its forked memory.
+    """
+    task = task.copy()
+    with TaskContext.create(task=task, task_vars=dict(task_vars), host_name=host.name):
+        task.squash()
+        executor = TaskExecutor(
+            host, play_context, loader, plugin_loader.get_plugin_loader_namespace(), final_q, variable_manager
+        )
+        utr = executor.run()
+        utr.finalize_registered_values()
+    # As the worker does: callbacks consult these two on the task the result carries.
+    task.ignore_errors = utr.ignore_errors
+    task.ignore_unreachable = utr.ignore_unreachable
+    return WireTaskResult.create(host=host, task=task, utr=utr)
+
+
+class WithoutWorker:
+    """Mixin for a strategy: what a worker would do on the controller alone is done in the strategy's process.
 
     A worker per task and host is forked and collected by the strategy's process, the run's
-    critical path, also when all the worker does is find the task's condition false (86 of
-    the 565 workers of the site's no-op re-run; a fork alone is 8 ms there). The strategy
-    evaluates the condition as the worker would and, when it is false, posts the worker's
-    result itself, through the conversion the results thread applies to a worker's, so
-    callbacks, `register` and the stats see the same skip (tests/unit/test_strategy_plugin.py
-    compares a playbook's report with ansible-core's linear strategy). A condition that
-    holds, fails, or is per loop item goes to a worker as before.
+    critical path (a fork alone is 8 ms in the site's no-op re-run), also when it never
+    reaches the host. Two kinds of task stay here:
+
+    - A task whose condition is false for the host (86 of the 565 workers of the site's
+      no-op re-run did nothing else). The strategy evaluates the condition as the worker
+      would and, when it is false, posts the worker's skip itself. A condition that holds,
+      fails, or is per loop item goes on as below.
+    - A task of an action that runs wholly on the controller: assert, debug, fail, set_fact,
+      validate_argument_spec, and the includes (157 of the about 480 workers left). ansible-core's
+      TaskExecutor runs it here, as in a worker, on a copy of the task.
+
+    Either result goes through the conversion the results thread applies to a worker's, so
+    callbacks, `register` and the stats see what a worker's result shows
+    (tests/unit/test_strategy_plugin.py compares playbooks' reports with ansible-core's
+    linear strategy). One difference: these tasks run one host after the other, as the
+    strategy queues them, where workers would run side by side; a slow lookup in one (a
+    secrets store over the network) costs its time once per host.
     """
 
     def _queue_task(self, host, task, task_vars, play_context):
+        if UnifiedTaskResult is not None and runs_on_controller(task):
+            self._start_without_worker(host, task, task_vars, play_context)
+            self._final_q.put(self._result_on_controller(host, task, task_vars, play_context))
+            return
         try:
             utr = skipped_result(host, task, task_vars, play_context, self._loader) if UnifiedTaskResult else None
         except Exception:  # the worker evaluates it again and reports what is wrong
@@ -163,13 +228,7 @@ class SkippedWithoutWorker:
         if utr is None:
             return super()._queue_task(host, task, task_vars, play_context)
 
-        self._queued_task_cache[(host.name, task._uuid)] = {
-            "host": host,
-            "task": task,
-            "task_vars": task_vars,
-            "play_context": play_context,
-        }
-        self._tqm.send_callback("v2_runner_on_start", host, task)
+        self._start_without_worker(host, task, task_vars, play_context)
         wire = WireTaskResult(
             host_name=host.name,
             task_uuid=task._uuid,
@@ -184,7 +243,38 @@ class SkippedWithoutWorker:
         result = self._convert_wire_task_result_to_host_task_result(wire)
         with self._results_lock:
             self._results.append(result)
+
+    def _start_without_worker(self, host, task, task_vars, play_context):
+        """The strategy's bookkeeping of a queued task (ansible-core's _queue_task), without the fork."""
+        self._queued_task_cache[(host.name, task._uuid)] = {
+            "host": host,
+            "task": task,
+            "task_vars": task_vars,
+            "play_context": play_context,
+        }
+        self._tqm.send_callback("v2_runner_on_start", host, task)
         self._pending_results += 1
+
+    def _result_on_controller(self, host, task, task_vars, play_context):
+        """The task's result for the host, to go through the results queue as a worker's does.
+
+        Through the queue, callbacks the executor sent there first (loop items) are shown
+        first, and the result is pickled as a worker's is.
+        """
+        try:
+            return run_on_controller(
+                host, task, task_vars, play_context, self._loader, self._final_q, self._variable_manager
+            )
+        except Exception as ex:  # reported as the worker reports a result it cannot send
+            try:
+                raise AnsibleError("Task result omitted: running it in the strategy's process failed.") from ex
+            except AnsibleError as wrapped:
+                utr = UnifiedTaskResult.create_from_action_exception(wrapped)
+                utr.finalize_registered_values()
+                # A blank task of the same identity, as the worker does: nothing from the one that failed.
+                blank = Task()
+                blank._uuid = task._uuid
+                return WireTaskResult.create(host=host, task=blank, utr=utr)
 
 
 class PreparedFork:
@@ -277,7 +367,7 @@ except ImportError:  # not installed (e.g. collections from Galaxy only): plain 
         "running the linear strategy"
     )
 
-    class StrategyModule(SkippedWithoutWorker, PreparedFork, WokenByResults, _Plain):
+    class StrategyModule(WithoutWorker, PreparedFork, WokenByResults, _Plain):
         pass
 
 else:
@@ -330,9 +420,7 @@ else:
         """
         return compile(source, filename, mode)
 
-    class StrategyModule(
-        SkippedWithoutWorker, PreparedFork, WokenByResults, ansible_mitogen.strategy.StrategyMixin, _Linear
-    ):
+    class StrategyModule(WithoutWorker, PreparedFork, WokenByResults, ansible_mitogen.strategy.StrategyMixin, _Linear):
         def run(self, iterator, play_context):
             # Here, in the strategy's process: the workers fork from it with the list made.
             collection_dirs()

@@ -8,6 +8,7 @@ import queue
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import ansible.collections.list
@@ -23,6 +24,9 @@ from ansible.plugins.loader import filter_loader, test_loader
 from ansible.plugins.strategy.linear import StrategyModule as Linear
 from conftest import load_plugin
 from toolkit.ansible_run import run_playbook
+
+# What the strategy's _queue_task reads of a task that goes to a worker (a module, no condition).
+A_MODULE_TASK = types.SimpleNamespace(action="ping", resolved_action="ansible.builtin.ping", when=[])
 
 
 def test_mitogen_strategy_when_the_package_is_there() -> None:
@@ -48,7 +52,7 @@ def test_plain_linear_without_mitogen(monkeypatch: pytest.MonkeyPatch, capsys: p
 
     monkeypatch.setattr(Linear, "_queue_task", queue_task)
     gc.unfreeze()
-    object.__new__(strategy)._queue_task(None, None, {}, None)
+    object.__new__(strategy)._queue_task(None, A_MODULE_TASK, {}, None)
     assert frozen_at_fork[0] > 0
     assert gc.get_freeze_count() == 0
 
@@ -91,7 +95,7 @@ def test_workers_fork_with_the_collector_frozen(monkeypatch: pytest.MonkeyPatch)
     gc.unfreeze()
     before = gc.get_freeze_count()
 
-    strategy._queue_task(None, None, {}, None)
+    strategy._queue_task(None, A_MODULE_TASK, {}, None)
     assert frozen_at_fork[0] > 0, "objects frozen while the worker forks"
     assert gc.get_freeze_count() == before == 0, "unfrozen after"
 
@@ -100,7 +104,7 @@ def test_workers_fork_with_the_collector_frozen(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(module.ansible_mitogen.strategy.StrategyMixin, "_queue_task", fork_fails)
     with pytest.raises(OSError):
-        strategy._queue_task(None, None, {}, None)
+        strategy._queue_task(None, A_MODULE_TASK, {}, None)
     assert gc.get_freeze_count() == 0, "unfrozen when the fork fails too"
 
 
@@ -315,16 +319,13 @@ SKIPS_PLAYBOOK = """
           ansible.builtin.debug:
             msg: never
     - name: Skipped, its condition writes the process that evaluates it
-      ansible.builtin.debug:
-        msg: never
+      ansible.builtin.command: /bin/false
       when: lookup('ansible.builtin.pipe', 'echo $PPID >> ' ~ pid_log) == 'never'
     - name: Skipped again, the same way
-      ansible.builtin.debug:
-        msg: never
+      ansible.builtin.command: /bin/false
       when: lookup('ansible.builtin.pipe', 'echo $PPID >> ' ~ pid_log) == 'never'
     - name: Skipped per item (a loop goes to a worker)
-      ansible.builtin.debug:
-        msg: "{{ item }}"
+      ansible.builtin.command: "echo {{ item }}"
       loop: [1, 2]
       when: item > 2
     - name: An undefined variable in the condition fails the task
@@ -335,10 +336,11 @@ SKIPS_PLAYBOOK = """
 """
 
 
-def _run_skips(tmp_path: Path, strategy: str) -> tuple[dict, list[str]]:
-    """The playbook's JSON report (without timings) and the processes that evaluated the counted conditions."""
-    (tmp_path / "play.yml").write_text(SKIPS_PLAYBOOK)
+def _run_report(tmp_path: Path, playbook: str, strategy: str) -> tuple[dict, list[str]]:
+    """The playbook's JSON report (without timings) and the processes that wrote to the file `pid_log` names."""
+    (tmp_path / "play.yml").write_text(playbook)
     pid_log = tmp_path / f"pids-{strategy}"
+    pid_log.touch()
     (tmp_path / "hosts").write_text(
         "a flag=true\nb flag=false\n"
         f"[all:vars]\nansible_connection=local\nansible_python_interpreter={sys.executable}\n"
@@ -366,8 +368,8 @@ def _run_skips(tmp_path: Path, strategy: str) -> tuple[dict, list[str]]:
 
 def test_false_conditions_skip_without_a_worker_with_the_workers_result(tmp_path: Path) -> None:
     """Every host and task reports what ansible-core's linear strategy reports; the skips came from one process."""
-    linear, linear_pids = _run_skips(tmp_path, "linear")
-    ours, our_pids = _run_skips(tmp_path, "mitogen_linear")
+    linear, linear_pids = _run_report(tmp_path, SKIPS_PLAYBOOK, "linear")
+    ours, our_pids = _run_report(tmp_path, SKIPS_PLAYBOOK, "mitogen_linear")
     assert ours == linear
     tasks = {task["task"]["name"]: task["hosts"] for task in ours["tasks"]}
     assert tasks["Runs on one host, skips on the other (a host variable)"]["b"]["skipped"] is True
@@ -378,6 +380,115 @@ def test_false_conditions_skip_without_a_worker_with_the_workers_result(tmp_path
     # evaluates a false condition twice: the second time with the worker's connection variables).
     assert len(linear_pids) == len(set(linear_pids)) == 4
     assert len(our_pids) == 8 and len(set(our_pids)) == 1
+
+
+CONTROLLER_ACTIONS_PLAYBOOK = """
+- hosts: all
+  gather_facts: false
+  vars:
+    answer: 42
+  tasks:
+    - name: Arguments that match their spec
+      ansible.builtin.validate_argument_spec:
+        argument_spec:
+          answer: {type: int, required: true}
+        provided_arguments:
+          answer: "{{ answer }}"
+    - name: Arguments that do not (a number for a dict), ignored
+      ansible.builtin.validate_argument_spec:
+        argument_spec:
+          answer: {type: dict}
+        provided_arguments:
+          answer: "{{ answer }}"
+      ignore_errors: true
+      register: spec_result
+    - name: An assertion that holds on one host and fails on the other, ignored
+      ansible.builtin.assert:
+        that: flag | bool
+        fail_msg: "flag is off on {{ inventory_hostname }}"
+        success_msg: flag is on
+      ignore_errors: true
+    - name: Facts set per host
+      ansible.builtin.set_fact:
+        doubled: "{{ answer * 2 }}"
+        host_word: "{{ 'on' if flag | bool else 'off' }}"
+    - name: A cacheable fact
+      ansible.builtin.set_fact:
+        remembered: "{{ host_word }}"
+        cacheable: true
+    - name: The facts and a registered failure, as a later task sees them; changed_when
+      ansible.builtin.debug:
+        msg: "{{ doubled }} {{ host_word }} {{ ansible_facts.remembered }} {{ spec_result.failed }}"
+      changed_when: flag | bool
+    - name: A fail where the flag is off, ignored
+      ansible.builtin.fail:
+        msg: "stop on {{ inventory_hostname }}"
+      when: not (flag | bool)
+      ignore_errors: true
+    - name: A failed_when, ignored
+      ansible.builtin.debug:
+        msg: fine
+      failed_when: answer == 42
+      ignore_errors: true
+    - name: Per item, one item skipped, registered
+      ansible.builtin.debug:
+        msg: "{{ item }}"
+      loop: [1, 2, 3]
+      when: item != 2
+      register: per_item
+    - name: The items, as a later task sees them
+      ansible.builtin.debug:
+        msg: "{{ per_item.results | map(attribute='skipped', default=false) | list }}"
+    - name: Hidden
+      ansible.builtin.debug:
+        msg: a secret
+      no_log: true
+    - name: Once, for every host
+      ansible.builtin.set_fact:
+        first_host: "{{ inventory_hostname }}"
+      run_once: true
+    - name: Included tasks run
+      ansible.builtin.include_tasks: included.yml
+    - name: An included role, with its argument spec
+      ansible.builtin.include_role:
+        name: tiny
+    - name: Which process ran it
+      ansible.builtin.debug:
+        msg: "{{ lookup('ansible.builtin.pipe', 'echo $PPID >> ' ~ pid_log) }}"
+    - name: Which process ran it, again
+      ansible.builtin.debug:
+        msg: "{{ lookup('ansible.builtin.pipe', 'echo $PPID >> ' ~ pid_log) }}"
+"""
+
+
+def test_controller_actions_run_without_a_worker_with_the_workers_result(tmp_path: Path) -> None:
+    """Controller-only actions and includes report what linear reports; they ran in one process."""
+    (tmp_path / "included.yml").write_text(
+        '- name: In the include\n  ansible.builtin.set_fact:\n    from_include: "{{ doubled | int + 1 }}"\n'
+    )
+    (tmp_path / "roles/tiny/meta").mkdir(parents=True)
+    (tmp_path / "roles/tiny/tasks").mkdir()
+    (tmp_path / "roles/tiny/defaults").mkdir()
+    (tmp_path / "roles/tiny/defaults/main.yml").write_text("tiny_word: small\n")
+    (tmp_path / "roles/tiny/meta/argument_specs.yml").write_text(
+        "argument_specs:\n  main:\n    options:\n      tiny_word: {type: str}\n"
+    )
+    (tmp_path / "roles/tiny/tasks/main.yml").write_text(
+        "- name: In the role\n"
+        "  ansible.builtin.debug:\n"
+        '    msg: "{{ tiny_word }} {{ from_include }} {{ first_host }}"\n'
+    )
+    linear, linear_pids = _run_report(tmp_path, CONTROLLER_ACTIONS_PLAYBOOK, "linear")
+    ours, our_pids = _run_report(tmp_path, CONTROLLER_ACTIONS_PLAYBOOK, "mitogen_linear")
+    assert ours == linear
+    tasks = {task["task"]["name"]: task["hosts"] for task in ours["tasks"]}
+    assert tasks["An assertion that holds on one host and fails on the other, ignored"]["b"]["failed"] is True
+    assert tasks["tiny : In the role"]["a"]["msg"] == "small 85 a"
+    assert tasks["tiny : In the role"]["b"]["msg"] == "small 85 a"
+    assert ours["stats"]["b"]["ignored"] == 4 and ours["stats"]["a"]["ignored"] == 2
+    # Two tasks on two hosts: four workers under linear, the strategy's own process here.
+    assert len(linear_pids) == len(set(linear_pids)) == 4
+    assert len(our_pids) == 4 and len(set(our_pids)) == 1 and not set(our_pids) & set(linear_pids)
 
 
 def test_mitogens_module_scanner_compiles_each_source_once(monkeypatch: pytest.MonkeyPatch) -> None:
