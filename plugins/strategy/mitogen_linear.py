@@ -67,6 +67,9 @@ import threading
 from multiprocessing.reduction import ForkingPickler
 
 from ansible.errors import AnsibleError
+from ansible.utils.display import Display
+
+display = Display()
 
 try:  # for warm_worker_caches(), skipped_result() and run_on_controller(), optimisations only
     from ansible._internal._display_utils import DeferredWarningContext
@@ -223,7 +226,8 @@ class WithoutWorker:
             return
         try:
             utr = skipped_result(host, task, task_vars, play_context, self._loader) if UnifiedTaskResult else None
-        except Exception:  # the worker evaluates it again and reports what is wrong
+        except Exception as ex:  # the worker evaluates it again and reports what is wrong
+            display.debug(f"mitogen_linear: the skip check of {task} on {host} failed: {ex!r}")
             utr = None
         if utr is None:
             return super()._queue_task(host, task, task_vars, play_context)
@@ -360,7 +364,6 @@ try:
     import ansible_mitogen.strategy
 except ImportError:  # not installed (e.g. collections from Galaxy only): plain linear, slower
     from ansible.plugins.strategy.linear import StrategyModule as _Plain
-    from ansible.utils.display import Display
 
     Display().warning(
         "mitogen_linear: the Python package mitogen is not installed (requirements.txt pins it); "

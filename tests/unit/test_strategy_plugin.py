@@ -449,6 +449,9 @@ CONTROLLER_ACTIONS_PLAYBOOK = """
       run_once: true
     - name: Included tasks run
       ansible.builtin.include_tasks: included.yml
+    - name: Included per item
+      ansible.builtin.include_tasks: included.yml
+      loop: [1, 2]
     - name: An included role, with its argument spec
       ansible.builtin.include_role:
         name: tiny
