@@ -206,7 +206,7 @@ class WithoutWorker:
     - A task whose condition is false for the host (86 of the 565 workers of the site's
       no-op re-run did nothing else). The strategy evaluates the condition as the worker
       would and, when it is false, posts the worker's skip itself. A condition that holds,
-      fails, or is per loop item goes on as below.
+      fails, or is per loop item goes to a worker.
     - A task of an action that runs wholly on the controller: assert, debug, fail, set_fact,
       validate_argument_spec, and the includes (157 of the about 480 workers left). ansible-core's
       TaskExecutor runs it here, as in a worker, on a copy of the task.
@@ -365,7 +365,7 @@ try:
 except ImportError:  # not installed (e.g. collections from Galaxy only): plain linear, slower
     from ansible.plugins.strategy.linear import StrategyModule as _Plain
 
-    Display().warning(
+    display.warning(
         "mitogen_linear: the Python package mitogen is not installed (requirements.txt pins it); "
         "running the linear strategy"
     )
