@@ -64,7 +64,6 @@ import functools
 import gc
 import queue
 import threading
-from multiprocessing.reduction import ForkingPickler
 
 from ansible.errors import AnsibleError
 from ansible.utils.display import Display
@@ -208,13 +207,13 @@ class WithoutWorker:
       would and, when it is false, posts the worker's skip itself. A condition that holds,
       fails, or is per loop item goes to a worker.
     - A task of an action that runs wholly on the controller: assert, debug, fail, set_fact,
-      validate_argument_spec, and the includes (157 of the about 480 workers left). ansible-core's
-      TaskExecutor runs it here, as in a worker, on a copy of the task.
+      validate_argument_spec, and the includes (157 of the about 480 workers left).
+      ansible-core's TaskExecutor runs it here, as in a worker, on a copy of the task.
 
-    Either result goes through the conversion the results thread applies to a worker's, so
-    callbacks, `register` and the stats see what a worker's result shows
-    (tests/unit/test_strategy_plugin.py compares playbooks' reports with ansible-core's
-    linear strategy). One difference: these tasks run one host after the other, as the
+    Either result is put on the results queue, as a worker puts its own (pickled, then
+    converted by the results thread), so callbacks, `register` and the stats see what a
+    worker's result shows (tests/unit/test_strategy_plugin.py compares playbooks' reports
+    with ansible-core's linear strategy). One difference: these tasks run one host after the other, as the
     strategy queues them, where workers would run side by side; a slow lookup in one (a
     secrets store over the network) costs its time once per host.
     """
@@ -233,20 +232,17 @@ class WithoutWorker:
             return super()._queue_task(host, task, task_vars, play_context)
 
         self._start_without_worker(host, task, task_vars, play_context)
-        wire = WireTaskResult(
-            host_name=host.name,
-            task_uuid=task._uuid,
-            # The worker reports these two as the result resolved them (its copy of the task).
-            task_fields=dict(
-                task.dump_attrs(), ignore_errors=utr.ignore_errors, ignore_unreachable=utr.ignore_unreachable
-            ),
-            utr=utr,
+        self._final_q.put(
+            WireTaskResult(
+                host_name=host.name,
+                task_uuid=task._uuid,
+                # The worker reports these two as the result resolved them (its copy of the task).
+                task_fields=dict(
+                    task.dump_attrs(), ignore_errors=utr.ignore_errors, ignore_unreachable=utr.ignore_unreachable
+                ),
+                utr=utr,
+            )
         )
-        # Through pickle, as a worker's result comes: nothing in it is shared with the task.
-        wire = ForkingPickler.loads(ForkingPickler.dumps(wire))
-        result = self._convert_wire_task_result_to_host_task_result(wire)
-        with self._results_lock:
-            self._results.append(result)
 
     def _start_without_worker(self, host, task, task_vars, play_context):
         """The strategy's bookkeeping of a queued task (ansible-core's _queue_task), without the fork."""
@@ -260,11 +256,7 @@ class WithoutWorker:
         self._pending_results += 1
 
     def _result_on_controller(self, host, task, task_vars, play_context):
-        """The task's result for the host, to go through the results queue as a worker's does.
-
-        Through the queue, callbacks the executor sent there first (loop items) are shown
-        first, and the result is pickled as a worker's is.
-        """
+        """The task's result for the host, for the results queue (after the loop items the executor put there)."""
         try:
             return run_on_controller(
                 host, task, task_vars, play_context, self._loader, self._final_q, self._variable_manager
