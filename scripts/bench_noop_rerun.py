@@ -17,10 +17,10 @@ machine noise hits every setting alike:
                plugins/strategy)
 
 Per setting it reports the median wall time, seconds per task and the re-run as a share of
-the first converge (made with the project's settings, the default path). "Tasks" are the tasks the busiest host runs in the no-op re-run: its `ok`
-count from the run's own stats (Ansible counts a changed task in `ok` too); skipped tasks
-are reported beside it, as they cost the building of their variables and the templating of
-their condition too (and, under ansible-core's strategy, a worker).
+the first converge (made with the project's settings, the default path). "Tasks" are the
+tasks the busiest host runs in the no-op re-run: its `ok` count from the run's own stats
+(Ansible counts a changed task in `ok` too); skipped tasks are reported beside it, as they
+cost the building of their variables and the templating of their condition too.
 
 For scale it also times the floor of each setting: a playbook of 40 `ansible.builtin.ping`
 tasks on the same hosts (the shape of the issue's reference measurement).
