@@ -14,9 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from . import engine, images, progress, secrets, topology
+from . import engine, images, progress, secrets, summary, topology
 from .shell import LabError, ok, run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,26 +254,11 @@ def cmd_down(_: argparse.Namespace) -> None:
     shutil.rmtree(ROOT / ".cache" / "facts", ignore_errors=True)
 
 
-# Services worth a URL in the summary, and how to show them.
-SUMMARY_URLS = {"https": "https://{addr}/v1/chat/completions", "prometheus": "http://{addr}:{port}/",
-                "alertmanager": "http://{addr}:{port}/", "grafana": "http://{addr}:{port}/"}  # fmt: skip
-
-
 def cmd_summary(_: argparse.Namespace) -> None:
-    """Where things are on the converged lab."""
+    """Where things are on the converged lab, and a request that works."""
     topo = topology.load(TOPOLOGY)
     print_hosts(topo)
-    catalogue = yaml.safe_load((INVENTORY / "group_vars" / "all" / "services.yml").read_text())["cluster_services"]
-    print("\nServices on the lab (from the service catalogue):")
-    for name, svc in catalogue.items():
-        hosts = [h for h in topo.hosts if svc["group"] == "all" or svc["group"] in h.groups]
-        ports = f"{svc['port']}-{svc['port_end']}" if "port_end" in svc else str(svc["port"])
-        where = ", ".join(f"{h.name} {h.address}" for h in hosts) or "no host"
-        print(f"  {name:15} {svc.get('protocol', 'tcp')}/{ports:11} {where}")
-        if name in SUMMARY_URLS and hosts:
-            print(f"  {'':15} {SUMMARY_URLS[name].format(addr=hosts[0].address, port=svc['port'])}")
-    print("\nDrift report (check mode, changes nothing):")
-    print(f"  scripts/drift_report.py -i inventories/lab -- --vault-password-file {VAULT_PASS}")
+    summary.show(topo, INVENTORY, STATE, VAULT_PASS, SECRETS_FILE)
 
 
 def cmd_status(_: argparse.Namespace) -> None:
