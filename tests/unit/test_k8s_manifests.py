@@ -355,3 +355,10 @@ def test_a_second_render_changes_nothing(rendered):
     assert proc.returncode == 0, proc.stdout[-4000:]
     recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", proc.stdout, flags=re.M)
     assert len(recap) == 4 and all(changed == "0" for _, changed in recap), proc.stdout[-3000:]
+
+
+def test_check_mode_on_a_fresh_controller_writes_no_manifest(rendered, tmp_path):
+    r = rendered["example"]
+    proc = _run(r.inventory, tmp_path / "fresh", "--check")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert not list((tmp_path / "fresh").glob("*.yaml"))
