@@ -13,6 +13,7 @@ All problems are reported together, each naming the host, the variable and the f
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +23,20 @@ import yaml
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
+
+
+def _load_engine() -> Any:
+    """The value rules engine lives in the `value_rules` action beside this file (Ansible loads
+    plugins by path, so it is imported by path too)."""
+    path = Path(__file__).with_name("value_rules.py")
+    spec = importlib.util.spec_from_file_location("llm_cluster_value_rules", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+value_rules = _load_engine()
 
 # Variables Ansible itself defines or that connection plugins read; never role inputs.
 MAGIC_PREFIXES = ("ansible_", "molecule_", "lab_", "_")
@@ -163,8 +178,9 @@ def check_services(services: Any, groups: Mapping[str, list[str]]) -> list[str]:
     return errors
 
 
-def merge_host_messages(errors: list[str]) -> list[str]:
-    """'host a: X' and 'host b: X' become 'hosts a, b: X' (group_vars mistakes repeat per host)."""
+def merge_host_messages(errors: list[str], groups: Mapping[str, list[str]] | None = None) -> list[str]:
+    """'host a: X' and 'host b: X' become 'hosts a, b: X' (group_vars mistakes repeat per host),
+    and 'group g (hosts a, b): X' when exactly the hosts of group g have it (where it was set)."""
     hosts_by_message: dict[str, list[str]] = {}
     order: list[str] = []
     for error in errors:
@@ -181,8 +197,20 @@ def merge_host_messages(errors: list[str]) -> list[str]:
         if not hosts:
             out.append(key)
         else:
-            out.append(f"{'host' if len(hosts) == 1 else 'hosts'} {', '.join(hosts)}: {key}")
+            group = _group_of(hosts, groups or {})
+            where = f"{'host' if len(hosts) == 1 else 'hosts'} {', '.join(hosts)}"
+            out.append(f"group {group} ({where}): {key}" if group else f"{where}: {key}")
     return out
+
+
+def _group_of(hosts: list[str], groups: Mapping[str, list[str]]) -> str | None:
+    """The group whose hosts are exactly these (several hosts only; `all` first, then the
+    smallest group name), or None."""
+    if len(hosts) < 2:
+        return None
+    wanted = set(hosts)
+    names = sorted((g for g, members in groups.items() if set(members) == wanted), key=lambda g: (g != "all", g))
+    return names[0] if names else None
 
 
 def check_host_variables(
@@ -191,6 +219,7 @@ def check_host_variables(
     role_specs: Mapping[str, Mapping[str, dict[str, Any]]],
     cluster_spec: Mapping[str, dict[str, Any]],
     removed: Mapping[str, str],
+    rules: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Check one host's inventory variables; values are evaluated only where checked."""
     errors: list[str] = []
@@ -221,10 +250,21 @@ def check_host_variables(
         close = difflib.get_close_matches(name, known, n=1, cutoff=SIMILARITY)
         if close:
             errors.append(f"host {host}: unknown variable {name}; did you mean {close[0]}?")
+    rules = rules or {}
     for role, values in sorted(by_role.items()):
-        errors += [f"host {host}: role {role}: {msg}" for msg in type_errors(role_specs[role], values)]
-    errors += [f"host {host}: {msg}" for msg in type_errors(cluster_spec, cluster_values)]
+        wrong = type_errors(role_specs[role], values)
+        errors += [f"host {host}: role {role}: {msg}" for msg in wrong]
+        errors += [f"host {host}: {msg}" for msg in _rule_errors(rules.get(role, {}), values, wrong)]
+    wrong = type_errors(cluster_spec, cluster_values)
+    errors += [f"host {host}: {msg}" for msg in wrong]
+    errors += [f"host {host}: {msg}" for msg in _rule_errors(rules.get("preflight", {}), cluster_values, wrong)]
     return errors
+
+
+def _rule_errors(rules: Mapping[str, Any], values: Mapping[str, Any], type_messages: list[str]) -> list[str]:
+    """The value rules of the settings whose type is right (a wrong type is reported once)."""
+    typed = {n: v for n, v in values.items() if not any(n in m for m in type_messages)}
+    return value_rules.check_settings(rules, typed)
 
 
 def _hint(name: str, known: Iterable[str]) -> str:
@@ -247,6 +287,10 @@ class ActionModule(ActionBase):
         role_specs = load_role_specs(roles_dir)
         if not role_specs:
             raise AnsibleError(f"no role argument specs found under {roles_dir}")
+        try:
+            rules = value_rules.load_all_rules(roles_dir)
+        except (OSError, value_rules.RuleError, re.error) as exc:
+            raise AnsibleError(f"a role's value rules cannot be read: {exc}") from exc
         errors = check_zones(groups, task_vars.get("cluster_zones"))
         errors += check_required_groups(groups, args.get("required_groups") or [])
         errors += check_services(task_vars.get("cluster_services"), groups)
@@ -254,11 +298,11 @@ class ActionModule(ActionBase):
         addresses = {}
         for host in sorted(groups.get("all", [])):
             host_vars = hostvars[host]
-            errors += check_host_variables(host, host_vars, role_specs, cluster_spec, removed)
+            errors += check_host_variables(host, host_vars, role_specs, cluster_spec, removed, rules)
             if host_vars.get("ansible_connection", "ssh") != "local":
                 addresses[host] = str(host_vars.get("ansible_host", host))
         errors += check_addresses(addresses)
-        errors = merge_host_messages(errors)
+        errors = merge_host_messages(errors, groups)
         result["changed"] = False
         result["problems"] = errors
         if errors:
