@@ -221,8 +221,11 @@ def check(name: str, value: Any, rules: Mapping[str, Any], others: Mapping[str, 
     problems = []
     broken = _broken(rules, value, others)
     if broken:
-        fix = rules.get("fix") or f"set it to a value that is {describe(rules)}"
-        problems.append(f"{name} is {show(value, rules)}: it {' and '.join(broken)}. Fix: {fix}")
+        own = {k: v for k, v in rules.items() if k not in NESTING}
+        fix = rules.get("fix") or f"set it to a value that is {describe(own)}"
+        long_list = isinstance(value, (list, tuple)) and len(repr(value)) > _SHOWN
+        shown = f"a list of {len(value)} items" if long_list else None
+        problems.append(f"{name} is {shown or show(value, rules)}: it {' and '.join(broken)}. Fix: {fix}")
     secret = {"secret": True} if rules.get("secret") else {}
     if "elements" in rules and isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
