@@ -431,6 +431,28 @@ def check_references(hostvars_of: Mapping[str, Any], groups: Mapping[str, list[s
     return errors
 
 
+def check_admins(hostvars_of: Mapping[str, Any]) -> list[str]:
+    """Who may log in and from where; key-only SSH needs a key for every administrator."""
+    users = hostvars_of.get("cluster_admin_users") or []
+    if not users or not hostvars_of.get("cluster_admin_networks"):
+        return [
+            "cluster_admin_users and cluster_admin_networks must both be set: the first says who may "
+            "log in (with which SSH keys), the second where SSH is allowed from. Without them the "
+            "hardened hosts would admit nobody"
+        ]
+    password = hostvars_of.get("ssh_hardening_password_authentication", False)
+    if str(password).lower() in ("true", "yes", "1", "on"):
+        return []
+    keyless = [str(u.get("name")) for u in users if isinstance(u, Mapping) and not u.get("ssh_keys")]
+    if not keyless:
+        return []
+    return [
+        f"ssh_hardening_password_authentication is false (key-only SSH), but cluster_admin_users "
+        f"{', '.join(keyless)} have no ssh_keys: they would be locked out. Give each an SSH public key "
+        "in cluster_admin_users[].ssh_keys"
+    ]
+
+
 # Inventory-level connection settings that defeat the plays' `become: true`: an inventory
 # variable outranks a play keyword.
 def check_connection(hostvars_of: Mapping[str, Any]) -> list[str]:
@@ -586,7 +608,7 @@ class ActionModule(ActionBase):
         for host in sorted(groups.get("all", [])):
             host_vars = hostvars[host]
             errors += check_host_variables(host, host_vars, role_specs, cluster_spec, removed, rules)
-            errors += [f"host {host}: {msg}" for msg in check_connection(host_vars)]
+            errors += [f"host {host}: {msg}" for msg in check_connection(host_vars) + check_admins(host_vars)]
             errors += [
                 f"host {host}: {msg}" for msg in check_references(host_vars, groups, task_vars.get("cluster_services"))
             ]

@@ -101,25 +101,13 @@ def show(value: Any, rules: Mapping[str, Any]) -> str:
 
 def describe(rules: Mapping[str, Any]) -> str:
     """The rules in words, for READMEs and messages."""
-    parts = []
-    if "min" in rules and "max" in rules:
-        parts.append(f"{rules['min']} to {rules['max']}")
-    elif "min" in rules:
-        parts.append(f"at least {rules['min']}")
-    elif "max" in rules:
-        parts.append(f"at most {rules['max']}")
+    parts = [b for b in (_bounds(rules, "min", "max", ""), _bounds(rules, "min_items", "max_items", " item(s)")) if b]
     if rules.get("port"):
         parts.append("a port (1-65535)")
     if rules.get("non_empty"):
         parts.append("not empty")
     if "regex" in rules:
         parts.append(f"matches `{rules['regex']}`")
-    if "min_items" in rules and "max_items" in rules:
-        parts.append(f"{rules['min_items']}-{rules['max_items']} items")
-    elif "min_items" in rules:
-        parts.append(f"at least {rules['min_items']} item(s)")
-    elif "max_items" in rules:
-        parts.append(f"at most {rules['max_items']} items")
     if rules.get("unique"):
         parts.append("no duplicates")
     if "unique_by" in rules:
@@ -141,6 +129,16 @@ def describe(rules: Mapping[str, Any]) -> str:
     for sub, sub_rules in (rules.get("options") or {}).items():
         parts.append(f"`{sub}` {describe(sub_rules)}")
     return "; ".join(parts)
+
+
+def _bounds(rules: Mapping[str, Any], low: str, high: str, unit: str) -> str | None:
+    if low in rules and high in rules:
+        return f"{rules[low]} to {rules[high]}{unit}"
+    if low in rules:
+        return f"at least {rules[low]}{unit}"
+    if high in rules:
+        return f"at most {rules[high]}{unit}"
+    return None
 
 
 def _as_list(value: Any) -> list[str]:
