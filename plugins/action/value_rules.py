@@ -274,7 +274,10 @@ class ActionModule(ActionBase):
         values = {}
         for name in rules:
             if name in task_vars:
-                values[name] = self._templar.template(task_vars[name])
+                try:
+                    values[name] = self._templar.template(task_vars[name])
+                except AnsibleError:
+                    continue  # a default that needs facts this host lacks: the task that reads it says so
         problems = check_settings(rules, values)
         result["changed"] = False
         result["problems"] = problems

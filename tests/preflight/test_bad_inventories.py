@@ -263,3 +263,19 @@ def test_a_site_copied_from_the_example_as_the_readme_says_passes(tmp_path: Path
         env={"ANSIBLE_CACHE_PLUGIN": "memory"},
     )
     assert run.rc == 0, run.failures() or run.stderr[-2000:]
+
+
+def test_a_role_run_alone_refuses_a_value_that_breaks_its_rules(tmp_path: Path):
+    """Without preflight, the role's first task checks its settings against the same rules."""
+    play = tmp_path / "alone.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role: {name: ssh_hardening}\n"
+        "      vars: {ssh_hardening_max_auth_tries: 50, ssh_hardening_login_grace_time: 30}\n"
+    )
+    run = run_playbook(play, "localhost,", "-c", "local", env={"ANSIBLE_CACHE_PLUGIN": "memory"}, timeout=300)
+    assert run.rc != 0
+    messages = " ".join(m for msgs in run.failures().values() for m in msgs)
+    assert "ssh_hardening_max_auth_tries is 50: it must be at most 10" in messages
+    assert "login_grace_time" not in messages, "a satisfied rule was listed"
+    assert run.total("changed") == 0
