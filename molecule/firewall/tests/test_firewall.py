@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "scripts"))
 from toolkit import netprobe
 from toolkit.ansible_run import run_playbook
 
