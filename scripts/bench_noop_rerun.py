@@ -41,13 +41,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from toolkit.ansible_run import ROOT, run_playbook
-
-INVENTORY = ROOT / "inventories" / "lab"
-VAULT = ROOT / ".lab" / "vault-pass"
-
+from toolkit.ansible_run import ROOT, SITE, run_lab
 
 # Settings of ansible.cfg that only say where this repository's parts are: the `defaults`
 # setting keeps them and leaves everything else at Ansible's own defaults.
@@ -91,10 +85,10 @@ FLOOR_PLAYBOOK = f"""- name: Floor, {FLOOR_TASKS} no-op tasks
 """ + "".join(f"    - name: No-op {i}\n      ansible.builtin.ping:\n" for i in range(FLOOR_TASKS))
 
 
-def timed_run(env: dict[str, str], playbook: Path = ROOT / "playbooks" / "site.yml"):
+def timed_run(env: dict[str, str], playbook: Path = SITE):
     """Wall seconds, (ok, skipped) of the host that ran the most tasks, the tasks that changed."""
     began = time.monotonic()
-    run = run_playbook(playbook, INVENTORY, "--vault-password-file", str(VAULT), env=env)
+    run = run_lab(playbook=playbook, env=env)
     took = time.monotonic() - began
     if run.rc != 0:
         raise SystemExit(f"run of {playbook.name} failed (rc={run.rc}): {run.failures() or run.stderr[-2000:]}")

@@ -17,16 +17,14 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 import time
 import urllib.parse
 
 import pytest
 import yaml
-from conftest import ROOT, Lab, _summary, quote
+from conftest import ROOT, VAULT_PASS, Lab, _summary, quote
 
-sys.path.insert(0, str(ROOT / "tests" / "promtool"))
-import promkit
+from tests.promtool import promkit
 
 pytestmark = pytest.mark.usefixtures("converged")
 
@@ -305,7 +303,7 @@ def _lab_api_key() -> str:
     """A client key of the edge, from the lab's vault-encrypted secrets."""
 
     out = subprocess.run(
-        ["ansible-vault", "view", "--vault-password-file", str(ROOT / ".lab" / "vault-pass"),
+        ["ansible-vault", "view", "--vault-password-file", str(VAULT_PASS),
          str(ROOT / "inventories" / "lab" / "group_vars" / "all" / "secrets.vault.yml")],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip

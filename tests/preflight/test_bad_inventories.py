@@ -7,17 +7,15 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from labkit.layout import VAULT_PASS
+from toolkit.ansible_run import PlaybookRun, run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from toolkit.ansible_run import PlaybookRun, run_playbook  # noqa: E402
-
 INVENTORIES = Path(__file__).resolve().parent / "inventories"
 BASE = INVENTORIES / "base.yml"
 SITE = ROOT / "playbooks" / "site.yml"
@@ -218,7 +216,7 @@ def test_shipped_inventories_are_valid(site: str):
         pytest.skip("the lab inventory is written by `scripts/lab up`")
     extra = ["--skip-tags", "preflight_hosts"]
     if site == "lab":
-        extra += ["--vault-password-file", str(ROOT / ".lab" / "vault-pass")]
+        extra += ["--vault-password-file", str(VAULT_PASS)]
     run = run_playbook(ROOT / "playbooks" / "preflight.yml", inventory, *extra, env={"ANSIBLE_CACHE_PLUGIN": "memory"})
     assert run.rc == 0, run.failures() or run.stderr[-2000:]
     assert run.total("unreachable") == 0

@@ -3,16 +3,13 @@ before any host is contacted (the hosts here do not exist; only the controller r
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from toolkit.ansible_run import run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from toolkit.ansible_run import run_playbook  # noqa: E402
-
 PREFLIGHT = ROOT / "playbooks" / "preflight.yml"
 SERVICES = {
     "ssh": {"port": 22, "protocol": "tcp", "group": "all"},
