@@ -1,16 +1,15 @@
 """The edge layer on the lab: edge1 in front of the serving endpoints of gpu1 and gpu2.
 
-The serving layer (llm_serving, with the trtllm-serve TEST DOUBLE) publishes the endpoints;
-traffic changes are driven here through edge_proxy's `upstreams` entry point with its
-parameter, as the serving role calls it. Every test leaves the edge as it found it.
+What needs the whole site: balancing over several serving hosts, traffic changes through
+edge_proxy's `upstreams` entry point with its parameter (as the serving role calls it), a
+broken template refused on a converged edge, the other zones trusting the edge. TLS, keys,
+the WAF sets, limits, streaming, metrics and log privacy are asserted once, by the edge
+scenario (molecule/edge). Every test leaves the edge as it found it.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import shlex
-import ssl
 import subprocess
 import time
 
@@ -18,7 +17,6 @@ import pytest
 import yaml
 from conftest import ROOT, VAULT_PASS, Lab, _summary
 
-from tests.helpers import waf_sets
 from tests.helpers.edge_client import EdgeClient
 
 pytestmark = pytest.mark.usefixtures("converged")
@@ -97,14 +95,6 @@ def test_chat_is_balanced_over_every_serving_host(converged: Lab, edge, serving,
     assert _answering(converged, edge, api_keys["lab-client"], 8) == set(serving)
 
 
-def test_streamed_completion_through_the_edge(edge, serving, api_keys):
-    stream = edge.stream(CHAT, _chat(stream=True, max_tokens=200), key=api_keys["lab-client"])
-    assert stream.status == 200
-    times = [t for t, _ in stream.chunks]
-    assert times[0] < 1.0 and len(stream.chunks) >= 20
-    assert stream.text.rstrip().endswith("data: [DONE]")
-
-
 def _tell_the_edge(lab: Lab, tmp_path, backends: dict) -> None:
     playbook = tmp_path / "upstreams-call.yml"
     playbook.write_text(UPSTREAMS_CALL)
@@ -151,49 +141,17 @@ def test_a_broken_template_fails_the_run_and_the_proxy_keeps_serving(converged: 
     assert edge.request("POST", CHAT, _chat(), key=api_keys["lab-client"]).status == 200
 
 
-def test_tls_and_keys(edge, serving, api_keys):
-    assert edge.handshake(alpn=["h2"]) == ("TLSv1.3", "h2")
-    with pytest.raises(ssl.SSLError):
-        edge.handshake(maximum=ssl.TLSVersion.TLSv1_2)
-    assert edge.request("GET", "/v1/models").status == 401
-    assert edge.request("GET", "/v1/models", key="x" * 32).status == 401
-    assert edge.request("GET", "/v1/models", key=api_keys["lab-client"]).status == 200
-
-
-def test_waf_attack_and_benign_sets(converged: Lab, edge, serving, api_keys):
-    keys = list(api_keys.values())
-    attacks = waf_sets.run_cases(edge, waf_sets.attack_cases(), keys, 12)
-    benign = waf_sets.run_cases(edge, waf_sets.benign_cases(), keys, 12)
-    audit = waf_sets.audit_rule_ids(converged.exec(converged.hosts("edge")[0], f"cat {AUDIT_LOG}").stdout)
-    assert waf_sets.verdict_problems(attacks, audit) == []
-    assert {r.case.id: r.status for r in benign if r.status != 200} == {}
-
-
-def test_internal_hosts_trust_the_edge_certificate_and_scrape_its_metrics(converged: Lab, edge, serving):
+def test_internal_hosts_trust_the_edge_certificate_and_scrape_its_metrics(converged: Lab, edge, serving, api_keys):
     ops, edge_host = converged.hosts("ops")[0], converged.hosts("edge")[0]
+    assert edge.request("POST", CHAT, _chat(), key=api_keys["lab-client"]).status == 200
     # The system trust store of every host holds the internal CA (pki): plain urllib verifies.
     health = converged.exec(
         ops, f"python3 -c \"import urllib.request; print(urllib.request.urlopen('https://{edge_host}/health').status)\""
     )
     assert health.stdout.strip() == "200"
-    time.sleep(1)
+    time.sleep(1.5)  # mtail polls the access log
     metrics = converged.exec(
         ops, f"python3 -c \"import urllib.request; print(urllib.request.urlopen('http://{edge_host}:3903/metrics').read().decode())\""
     ).stdout  # fmt: skip
     assert 'edge_http_requests_total{client="lab-client",route="chat",status="200"}' in metrics
     assert "edge_http_request_duration_seconds_bucket" in metrics
-
-
-def test_no_key_and_no_prompt_in_the_edge_logs(converged: Lab, serving, api_keys):
-    host = converged.hosts("edge")[0]
-    patterns = list(api_keys.values()) + [m for c in waf_sets.benign_cases() for m in c.markers]
-    encoded = base64.b64encode(("\n".join(patterns) + "\n").encode()).decode()
-    converged.exec(host, f"printf %s {shlex.quote(encoded)} | base64 -d > /root/.leak-patterns")
-    found = converged.exec(
-        host,
-        "{ find /var/log -type f -name '*.gz' -exec zcat {} + ; find /var/log -type f ! -name '*.gz' -exec cat {} + ;"
-        " journalctl --no-pager -o cat ; } 2>/dev/null | grep -aoFf /root/.leak-patterns | sort -u",
-        check=False,
-    ).stdout.strip()
-    converged.exec(host, "rm -f /root/.leak-patterns")
-    assert found == "", f"{len(found.splitlines())} key(s) or prompt lines found in the edge's logs"
