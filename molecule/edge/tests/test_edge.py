@@ -6,7 +6,6 @@ real thing: Debian's nginx, ModSecurity v3, OWASP CRS 3.3.4, mtail, and the pki 
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shlex
@@ -214,6 +213,8 @@ def _metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 def test_metrics_from_the_access_log(edge):
     edge.request("POST", CHAT, _chat(), key=CLIENT_KEY)
+    # A request of its own for the WAF to block, whatever ran before.
+    assert edge.request("GET", "/v1/models?id=1%27%20OR%20%271%27=%271", key=CLIENT_KEY).status == 403
     time.sleep(1.5)  # mtail polls the log
     samples = _metrics(http_get(edge.address, 3903, "/metrics").body.decode())
 
@@ -221,7 +222,6 @@ def test_metrics_from_the_access_log(edge):
         return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
 
     assert value("edge_http_requests_total", route="chat", status="200", client="molecule-client") >= 1
-    assert value("edge_http_requests_total", status="429") >= 1
     assert value("edge_waf_blocked_requests_total") >= 1
     assert value("edge_http_request_duration_seconds_count", route="chat") >= 1
     assert value("edge_http_request_duration_seconds_bucket", route="chat", le="0.5") >= 1
@@ -260,19 +260,20 @@ def test_the_operator_certificate_is_installed_with_its_own_key(host):
     assert "llm.example.test" in host.check_output("openssl x509 -noout -subject -in /etc/ssl/cluster/operator.crt")
 
 
-# --- Privacy (last: it reads every log the tests above produced) ---------------------------
+# --- Privacy ----------------------------------------------------------------------------
 
 
-def test_no_prompt_text_and_no_api_key_in_any_log(host):
+def test_no_prompt_text_and_no_api_key_in_any_log(edge, host):
     """Every log file (compressed ones too) and the journal: no key, no line of a prompt."""
+    # Prompts of its own first, so the logs hold their traffic whatever ran before.
+    own = waf_sets.run_cases(edge, waf_sets.benign_cases()[:5], WAF_KEYS, PACE)
+    assert [r.status for r in own] == [200] * len(own)
+    access = host.file("/var/log/nginx/edge-access.log").content_string
+    assert all(r.request_id in access for r in own)
     secrets = ALL_KEYS + [m for c in waf_sets.benign_cases() for m in c.markers]
-    patterns = "\n".join(secrets) + "\n"
-    encoded = shlex.quote(base64.b64encode(patterns.encode()).decode())
-    host.run_expect([0], f"printf %s {encoded} | base64 -d > /root/.leak-patterns")
-    size = int(host.check_output("find /var/log -type f -exec cat {} + | wc -c"))
-    assert size > 10_000  # the access and audit logs are there
+    patterns = " ".join("-e " + shlex.quote(p) for p in secrets)
     found = host.run(
         "{ find /var/log -type f -name '*.gz' -exec zcat {} + ; find /var/log -type f ! -name '*.gz' -exec cat {} + ;"
-        " journalctl --no-pager -o cat ; } 2>/dev/null | grep -aoFf /root/.leak-patterns | sort -u"
+        f" journalctl --no-pager -o cat ; }} 2>/dev/null | grep -aoF {patterns} | sort -u"
     ).stdout.strip()
     assert found == "", f"{len(found.splitlines())} key(s) or prompt lines found in the logs"
