@@ -37,7 +37,7 @@ def test_second_run_changes_nothing(converged: Lab):
 
 def _prometheus(lab: Lab, path: str) -> dict:
     """GET a Prometheus API path on the ops host, from the host itself."""
-    code = f"import sys,urllib.request; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9090{path}', timeout=20).read().decode())"  # noqa: E501
+    code = f"import sys,urllib.request; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9090/api/v1{path}', timeout=20).read().decode())"  # noqa: E501
     return json.loads(lab.exec(lab.hosts("ops")[0], f"python3 -c {quote(code)}").stdout)["data"]
 
 
