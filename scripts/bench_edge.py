@@ -44,9 +44,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from labkit.cli import SYSTEMD_RUN_ARGS  # noqa: E402
+from labkit.layout import ROOT, systemd_run_args
+
+SYSTEMD_RUN_ARGS = systemd_run_args()
 
 IMAGE = "local/llmlab-debian12:bookworm"
 CONTAINER = "llmbench-edge"

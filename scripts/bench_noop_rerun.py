@@ -10,16 +10,17 @@ machine noise hits every setting alike:
   defaults   Ansible's defaults: an ansible.cfg with only this repository's paths, so
              linear strategy, 5 forks, no pipelining, Ansible's own SSH multiplexing,
              facts gathered each play and not cached
-  linear     this repository's ansible.cfg (pipelining, ControlPersist, smart gathering with
-             a fact cache) with Ansible's own linear strategy instead of Mitogen's
-  project    this repository's ansible.cfg as it is: the above with Mitogen's strategy
-             (mitogen_linear, plugins/strategy)
+  project      this repository's ansible.cfg as it is, the default path: ansible-core's
+               linear strategy with pipelining, ControlPersist, smart gathering with a fact
+               cache
+  accelerated  the above with the opt-in Mitogen strategy (ANSIBLE_STRATEGY=mitogen_linear,
+               plugins/strategy)
 
 Per setting it reports the median wall time, seconds per task and the re-run as a share of
-the first converge. "Tasks" are the tasks the busiest host runs in the no-op re-run: its `ok`
-count from the run's own stats (Ansible counts a changed task in `ok` too); skipped tasks
-are reported beside it, as they cost the building of their variables and the templating of
-their condition too (and, under ansible-core's strategy, a worker).
+the first converge (made with the project's settings, the default path). "Tasks" are the
+tasks the busiest host runs in the no-op re-run: its `ok` count from the run's own stats
+(Ansible counts a changed task in `ok` too); skipped tasks are reported beside it, as they
+cost the building of their variables and the templating of their condition too.
 
 For scale it also times the floor of each setting: a playbook of 40 `ansible.builtin.ping`
 tasks on the same hosts (the shape of the issue's reference measurement).
@@ -40,13 +41,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from toolkit.ansible_run import ROOT, run_playbook
-
-INVENTORY = ROOT / "inventories" / "lab"
-VAULT = ROOT / ".lab" / "vault-pass"
-
+from toolkit.ansible_run import ROOT, SITE, run_lab
 
 # Settings of ansible.cfg that only say where this repository's parts are: the `defaults`
 # setting keeps them and leaves everything else at Ansible's own defaults.
@@ -77,8 +72,8 @@ def settings(defaults_cfg: Path) -> dict[str, dict[str, str]]:
         # Ansible as installed: linear strategy, 5 forks, no pipelining, its own SSH
         # multiplexing (ControlPersist=60s), facts gathered every play, no fact cache.
         "defaults": {"ANSIBLE_CONFIG": str(defaults_cfg)},
-        "linear": {"ANSIBLE_STRATEGY": "linear"},
         "project": {},
+        "accelerated": {"ANSIBLE_STRATEGY": "mitogen_linear"},
     }
 
 
@@ -90,10 +85,10 @@ FLOOR_PLAYBOOK = f"""- name: Floor, {FLOOR_TASKS} no-op tasks
 """ + "".join(f"    - name: No-op {i}\n      ansible.builtin.ping:\n" for i in range(FLOOR_TASKS))
 
 
-def timed_run(env: dict[str, str], playbook: Path = ROOT / "playbooks" / "site.yml"):
+def timed_run(env: dict[str, str], playbook: Path = SITE):
     """Wall seconds, (ok, skipped) of the host that ran the most tasks, the tasks that changed."""
     began = time.monotonic()
-    run = run_playbook(playbook, INVENTORY, "--vault-password-file", str(VAULT), env=env)
+    run = run_lab(playbook=playbook, env=env)
     took = time.monotonic() - began
     if run.rc != 0:
         raise SystemExit(f"run of {playbook.name} failed (rc={run.rc}): {run.failures() or run.stderr[-2000:]}")
@@ -130,12 +125,12 @@ def main() -> int:
             took, (tasks, skipped), changed = timed_run(env)
             if changed:
                 broken[name] = changed
-                print(f"  round {i + 1}/{args.runs} {name:9} changed something: {changed}", flush=True)
+                print(f"  round {i + 1}/{args.runs} {name:11} changed something: {changed}", flush=True)
                 continue
             runs[name].append(took)
             floor, _, _ = timed_run(env, floor_book)
             floors[name].append(floor)
-            print(f"  round {i + 1}/{args.runs} {name:9} {took:6.1f} s  (floor {floor:5.1f} s)", flush=True)
+            print(f"  round {i + 1}/{args.runs} {name:11} {took:6.1f} s  (floor {floor:5.1f} s)", flush=True)
     hosts = len(subprocess.run([sys.executable, str(ROOT / "scripts" / "lab"), "status"],
                                capture_output=True, text=True, check=True).stdout.splitlines())  # fmt: skip
     lines = [

@@ -18,8 +18,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from toolkit.ansible_run import ROOT, PlaybookRun, run_playbook
 
 

@@ -12,7 +12,10 @@ All problems are reported together, each naming the host, the variable and the f
 
 from __future__ import annotations
 
+import base64
 import difflib
+import importlib.util
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +25,24 @@ import yaml
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+
+def _load_engine(path: Path | None = None, name: str = "llm_cluster_value_rules") -> Any:
+    """The value rules engine lives in the `value_rules` action beside this file (Ansible loads
+    plugins by path, so it is imported by path too); the vault role's PGP key checks in the
+    `vault_pgp` filter."""
+    path = path or Path(__file__).with_name("value_rules.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+value_rules = _load_engine()
+vault_pgp = _load_engine(Path(__file__).parents[1] / "filter" / "vault_pgp.py", "llm_cluster_vault_pgp")
 
 # Variables Ansible itself defines or that connection plugins read; never role inputs.
 MAGIC_PREFIXES = ("ansible_", "molecule_", "lab_", "_")
@@ -163,8 +184,9 @@ def check_services(services: Any, groups: Mapping[str, list[str]]) -> list[str]:
     return errors
 
 
-def merge_host_messages(errors: list[str]) -> list[str]:
-    """'host a: X' and 'host b: X' become 'hosts a, b: X' (group_vars mistakes repeat per host)."""
+def merge_host_messages(errors: list[str], groups: Mapping[str, list[str]] | None = None) -> list[str]:
+    """'host a: X' and 'host b: X' become 'hosts a, b: X' (group_vars mistakes repeat per host),
+    and 'group g (hosts a, b): X' when exactly the hosts of group g have it (where it was set)."""
     hosts_by_message: dict[str, list[str]] = {}
     order: list[str] = []
     for error in errors:
@@ -173,7 +195,7 @@ def merge_host_messages(errors: list[str]) -> list[str]:
         if key not in hosts_by_message:
             hosts_by_message[key] = []
             order.append(key)
-        if host:
+        if host and host not in hosts_by_message[key]:
             hosts_by_message[key].append(host)
     out = []
     for key in order:
@@ -181,8 +203,349 @@ def merge_host_messages(errors: list[str]) -> list[str]:
         if not hosts:
             out.append(key)
         else:
-            out.append(f"{'host' if len(hosts) == 1 else 'hosts'} {', '.join(hosts)}: {key}")
+            group = _group_of(hosts, groups or {})
+            where = f"{'host' if len(hosts) == 1 else 'hosts'} {', '.join(hosts)}"
+            out.append(f"group {group} ({where}): {key}" if group else f"{where}: {key}")
     return out
+
+
+# Administrators' keys: ed25519 (preferred), ECDSA on the NIST curves, RSA of 3072 bits or
+# more (NIST SP 800-57: 2048-bit RSA is not enough past 2030), and the FIDO security-key
+# variants of ed25519 and ECDSA. DSA and short RSA keys are refused (OpenSSH itself
+# dropped DSA and refuses RSA below 1024 bits).
+RSA_MIN_BITS = 3072
+SK_KEY_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+
+def check_ssh_key(where: str, key: Any) -> str | None:
+    """One problem (or None) for one administrator key; a private key is never echoed."""
+    if not isinstance(key, str):
+        return f"{where} must be one line of an OpenSSH public key (a string)"
+    text = key.strip()
+    if "PRIVATE KEY" in text or text.startswith("-----BEGIN"):
+        return (
+            f"{where} is a PRIVATE key (not shown): remove it from the inventory now, treat it as leaked "
+            "(make a new key pair), and paste the public key (the .pub file, one line) instead"
+        )
+    fields = text.split()
+    shown = f"{fields[0]} ...{' ' + fields[2] if len(fields) > 2 else ''}" if fields else "''"
+    fix = "paste the whole line of the administrator's ~/.ssh/id_ed25519.pub (make one with ssh-keygen -t ed25519)"
+    if len(fields) >= 2 and fields[0] in SK_KEY_TYPES:
+        try:
+            blob = base64.b64decode(fields[1], validate=True)
+            ok = blob[4 : 4 + int.from_bytes(blob[:4], "big")].decode() == fields[0]
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        return None if ok else f"{where} ({shown}) does not parse as an OpenSSH public key: {fix}"
+    try:
+        public = load_ssh_public_key(text.encode())
+    except (ValueError, TypeError):
+        return f"{where} ({shown}) does not parse as an OpenSSH public key: {fix}"
+    except Exception as exc:  # unsupported key types (DSA in recent cryptography releases)
+        return f"{where} ({shown}) is of a refused type ({exc.__class__.__name__}): use ed25519, ECDSA or RSA >= 3072"
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size < RSA_MIN_BITS:
+        return (
+            f"{where} ({shown}) is an RSA key of {public.key_size} bits: at least {RSA_MIN_BITS} are needed; "
+            "make an ed25519 key (ssh-keygen -t ed25519) or an RSA key of 4096 bits"
+        )
+    if not isinstance(public, (rsa.RSAPublicKey, ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey)):
+        return f"{where} ({shown}) is of a refused type: use ed25519, ECDSA or RSA >= {RSA_MIN_BITS}"
+    return None
+
+
+def check_admin_keys(users: Any) -> list[str]:
+    errors = []
+    for i, user in enumerate(users if isinstance(users, list) else []):
+        if not isinstance(user, Mapping):
+            continue
+        for j, key in enumerate(user.get("ssh_keys") or []):
+            where = f"cluster_admin_users[{user.get('name', i)}].ssh_keys[{j}]"
+            if isinstance(key, str) and _PLACEHOLDER.search(key):
+                continue  # reported once, as a placeholder
+            problem = check_ssh_key(where, key)
+            if problem:
+                errors.append(problem)
+    return errors
+
+
+# What inventories/example ships for the operator to replace: marked names, names under the
+# .example top-level domain (RFC 2606: they never resolve), documentation addresses
+# (RFC 5737, RFC 3849) as host addresses or admin networks.
+_PLACEHOLDER = re.compile(r"ReplaceWith|REPLACE[_-]?ME|CHANGE[_-]?ME")
+_EXAMPLE_NAME = re.compile(r"(?<![\w.-])(?:[a-z0-9-]+\.)+example(?::[0-9]+)?(?![\w.-])", re.I)
+DOC_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+
+
+def _strings(value: Any, path: str) -> Iterable[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+def _documentation_address(text: str) -> bool:
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return False
+    return any(net.version == d.version and net.subnet_of(d) for d in DOC_NETWORKS)
+
+
+def check_placeholders(name: str, value: Any) -> list[str]:
+    """Values copied from inventories/example and not replaced yet."""
+    fix = "it is a placeholder from inventories/example: replace it with your site's value"
+    errors = []
+    for path, text in _strings(value, name):
+        if _PLACEHOLDER.search(text):
+            shown = "" if name == "cluster_secrets" else f" ({text.split()[-1][:40]})"
+            errors.append(f"{path} still holds the example's placeholder{shown}: {fix}")
+        elif name == "cluster_secrets":
+            continue  # a secret's value is never shown
+        elif _EXAMPLE_NAME.search(text) and "{{" not in text:
+            errors.append(f"{path} is '{text}', a name under .example (never resolves): {fix}")
+        elif name in ("ansible_host", "cluster_admin_networks") and _documentation_address(text):
+            errors.append(f"{path} is {text}, a documentation address (RFC 5737/3849): {fix}")
+    return errors
+
+
+def _version(text: Any) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"[0-9]+", str(text))[:4])
+
+
+def load_defaults(roles_dir: Path) -> dict[str, Any]:
+    """Every role's plain (untemplated) defaults: the pins a host gets when the inventory sets none."""
+    out: dict[str, Any] = {}
+    for f in sorted(roles_dir.glob("*/defaults/main.yml")):
+        for k, v in (yaml.safe_load(f.read_text()) or {}).items():
+            if not (isinstance(v, str) and "{{" in v):
+                out[k] = v
+    return out
+
+
+def check_compatibility(pins: Mapping[str, Any], table: Mapping[str, Any]) -> list[str]:
+    """Pinned versions that cannot work together, with the nearest working choice."""
+    errors = []
+    cuda, driver = str(pins.get("cuda_toolkit_version", "")), str(pins.get("nvidia_driver_version", ""))
+    major, minor = cuda.split(".", maxsplit=1)[0], ".".join(cuda.split(".")[:2])
+    min_driver = table["cuda_min_driver"].get(major)
+    if cuda and min_driver is None:
+        errors.append(
+            f"cuda_toolkit_version {cuda}: CUDA {major} is not in the compatibility table "
+            f"(roles/preflight/files/compatibility.yml knows CUDA {', '.join(table['cuda_min_driver'])})"
+        )
+    elif cuda and driver and _version(driver) < _version(min_driver):
+        fits = [c for c, d in table["cuda_release_driver"].items() if _version(d) <= _version(driver)]
+        nearest = max(fits, key=_version) if fits else None
+        errors.append(
+            f"cuda_toolkit_version {cuda} needs NVIDIA driver {min_driver} or later (CUDA {major}), but "
+            f"nvidia_driver_version is {driver}: raise nvidia_driver_version to "
+            f"{table['cuda_release_driver'].get(minor, min_driver)}"
+            + (f", or pin a CUDA {nearest} release for driver {driver}" if nearest else "")
+        )
+    for lib, setting, enabled in (
+        ("nccl", "cuda_toolkit_nccl_version", "cuda_toolkit_nccl"),
+        ("cudnn", "cuda_toolkit_cudnn_version", "cuda_toolkit_cudnn"),
+    ):
+        need = table[f"{lib}_min_for_cuda"].get(major)
+        have = pins.get(setting)
+        if cuda and need and have and pins.get(enabled, True) and _version(have) < _version(need):
+            errors.append(
+                f"{setting} {have} has no build for CUDA {major} (cuda_toolkit_version {cuda}): "
+                f"pin {lib.upper() if lib == 'nccl' else 'cuDNN'} {need} or later, or a CUDA release it was built for"
+            )
+    if (
+        pins.get("container_runtime_package_source") == "docker_ce"
+        and pins.get("nvidia_container_toolkit_mode") == "cdi"
+        and _version(pins.get("container_runtime_docker_ce_version", "0")) < _version(table["docker_min_for_cdi"])
+    ):
+        errors.append(
+            f"nvidia_container_toolkit_mode cdi needs Docker {table['docker_min_for_cdi']} or later, but "
+            f"container_runtime_docker_ce_version is {pins.get('container_runtime_docker_ce_version')}: "
+            f"raise it, or set nvidia_container_toolkit_mode to auto"
+        )
+    return errors
+
+
+PINS = (
+    "cuda_toolkit_version",
+    "nvidia_driver_version",
+    "cuda_toolkit_nccl",
+    "cuda_toolkit_nccl_version",
+    "cuda_toolkit_cudnn",
+    "cuda_toolkit_cudnn_version",
+    "container_runtime_package_source",
+    "container_runtime_docker_ce_version",
+    "nvidia_container_toolkit_mode",
+)
+
+
+# Settings that name a group, a host or a catalogue service (checked where the inventory sets them).
+GROUP_SETTINGS = (
+    "edge_proxy_backend_group",
+    "llm_serving_peer_group",
+    "llm_serving_edge_group",
+    "prometheus_serving_group",
+)
+SERVICE_SETTINGS = ("firewall_ssh_service", "prometheus_dcgm_service")
+
+
+def check_references(hostvars_of: Mapping[str, Any], groups: Mapping[str, list[str]], services: Any) -> list[str]:
+    """Names of groups, hosts, services and serving ports refer to what exists."""
+    errors = []
+    services = services if isinstance(services, Mapping) else {}
+    for name in GROUP_SETTINGS:
+        if name in hostvars_of and hostvars_of[name] not in groups:
+            errors.append(f"{name} names group '{hostvars_of[name]}', which the inventory does not have")
+    if "pki_ca_host" in hostvars_of and hostvars_of["pki_ca_host"] not in groups.get("all", []):
+        errors.append(f"pki_ca_host names host '{hostvars_of['pki_ca_host']}', which the inventory does not have")
+    for name in SERVICE_SETTINGS:
+        if name in hostvars_of and hostvars_of[name] not in services:
+            errors.append(f"{name} names service '{hostvars_of[name]}', which cluster_services does not have")
+    for job, svc in (hostvars_of.get("prometheus_scrape_services") or {}).items():
+        if svc not in services:
+            errors.append(
+                f"prometheus_scrape_services.{job} names service '{svc}', which cluster_services does not have"
+            )
+    instances = hostvars_of.get("llm_serving_instances") or []
+    serving = services.get("llm_serving") if isinstance(services.get("llm_serving"), Mapping) else None
+    seen: dict[int, str] = {}
+    for inst in instances if isinstance(instances, list) else []:
+        if not isinstance(inst, Mapping) or not isinstance(inst.get("port"), int):
+            continue
+        port, name = inst["port"], inst.get("name", "?")
+        if serving and not serving["port"] <= port <= serving.get("port_end", serving["port"]):
+            errors.append(
+                f"llm_serving_instances[{name}].port {port} is outside the catalogue's serving range "
+                f"{serving['port']}-{serving.get('port_end', serving['port'])} (cluster_services.llm_serving): "
+                "the firewall and the edge only know that range; pick a port inside it"
+            )
+        if port in seen:
+            errors.append(
+                f"llm_serving_instances[{name}].port {port} is already taken by instance {seen[port]} on this host"
+            )
+        seen[port] = name
+    return errors
+
+
+def check_admins(hostvars_of: Mapping[str, Any]) -> list[str]:
+    """Who may log in and from where; key-only SSH needs a key for every administrator."""
+    users = hostvars_of.get("cluster_admin_users") or []
+    if not users or not hostvars_of.get("cluster_admin_networks"):
+        return [
+            "cluster_admin_users and cluster_admin_networks must both be set: the first says who may "
+            "log in (with which SSH keys), the second where SSH is allowed from. Without them the "
+            "hardened hosts would admit nobody"
+        ]
+    password = hostvars_of.get("ssh_hardening_password_authentication", False)
+    if str(password).lower() in ("true", "yes", "1", "on"):
+        return []
+    keyless = [str(u.get("name")) for u in users if isinstance(u, Mapping) and not u.get("ssh_keys")]
+    if not keyless:
+        return []
+    return [
+        f"ssh_hardening_password_authentication is false (key-only SSH), but cluster_admin_users "
+        f"{', '.join(keyless)} have no ssh_keys: they would be locked out. Give each an SSH public key "
+        "in cluster_admin_users[].ssh_keys"
+    ]
+
+
+def check_vault(hostvars: Mapping[str, Any], groups: Mapping[str, list[str]]) -> tuple[list[str], list[str]]:
+    """The secrets store's raft group and keyholders (roles/vault): an odd number of nodes, at
+    least 3 (1 for a lab, with a warning), every keyholder's PGP public key parseable, the
+    unseal threshold within the number of shares (one per keyholder). Errors, warnings."""
+    named = {str(hostvars[h]["vault_group"]) for h in groups.get("all", []) if "vault_group" in hostvars[h]}
+    group_name = sorted(named)[0] if named else "vault"
+    nodes = list(groups.get(group_name, []))
+    if not nodes:
+        return [], []
+    errors, warnings = [], []
+    if len(nodes) == 1:
+        warnings.append(
+            f"group '{group_name}' has one host ({nodes[0]}): no failover. Fine for a lab; "
+            "use 3 or 5 nodes on a real site"
+        )
+    elif len(nodes) < 3 or len(nodes) % 2 == 0:
+        errors.append(
+            f"group '{group_name}' has {len(nodes)} hosts ({', '.join(nodes)}): raft needs an odd number, at "
+            "least 3 (1 for a lab), so that a majority survives a lost node"
+        )
+    first = hostvars[nodes[0]]
+    keyholders = first.get("vault_keyholders", [])
+    errors += vault_pgp.vault_keyholder_problems(keyholders, None)
+    threshold = first.get("vault_key_threshold", 2)
+    shares = len(keyholders) if isinstance(keyholders, list) else 0
+    if isinstance(threshold, int) and shares and threshold > shares:
+        errors.append(
+            f"vault_key_threshold is {threshold}: it must be at most the number of keyholders ({shares}), "
+            "one share each; add keyholders or lower the threshold"
+        )
+    return errors, warnings
+
+
+# Inventory-level connection settings that defeat the plays' `become: true`: an inventory
+# variable outranks a play keyword.
+def check_connection(hostvars_of: Mapping[str, Any]) -> list[str]:
+    errors = []
+    become = hostvars_of.get("ansible_become")
+    if become is not None and str(become).lower() in ("false", "no", "0", "off"):
+        errors.append(
+            "ansible_become is false in the inventory: it outranks the plays' `become: true`, so every role "
+            "would run unprivileged and fail at its first privileged task. Remove ansible_become from the "
+            "inventory (the plays ask for root themselves)"
+        )
+    user = hostvars_of.get("ansible_become_user")
+    if user not in (None, "root"):
+        errors.append(f"ansible_become_user is '{user}' in the inventory: the roles need root; remove it")
+    return errors
+
+
+def check_secrets(
+    host: str,
+    hostvars_of: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    needs: list[Mapping[str, Any]],
+    groups: Mapping[str, list[str]],
+) -> list[tuple[str, str]]:
+    """(secret name, who reads it) for each secret a role of this run reads on this host and
+    the secrets backend does not have (presence only; the value is never read)."""
+    if hostvars_of.get("cluster_secrets_backend", "ansible_vault") != "ansible_vault":
+        return []
+    store = hostvars_of.get("cluster_secrets") or {}
+    store = store if isinstance(store, Mapping) else {}
+    missing = []
+    for need in needs:
+        if host not in groups.get(need.get("group", "all"), []):
+            continue
+        value = lambda n: hostvars_of[n] if n in hostvars_of else defaults.get(n)  # noqa: E731
+        if "when" in need and not value(need["when"]):
+            continue
+        setting = value(need["setting"])
+        if need.get("item_key"):
+            names = [
+                (str(i[need["item_key"]]), f"{need['setting']}[{i.get('name', '?')}].{need['item_key']}")
+                for i in setting or []
+                if isinstance(i, Mapping) and i.get(need["item_key"])
+            ]
+        else:
+            names = [(str(setting), need["setting"])] if setting else []
+        missing += [(n, f"{need['role']} ({via})") for n, via in names if n not in store]
+    return missing
+
+
+def _group_of(hosts: list[str], groups: Mapping[str, list[str]]) -> str | None:
+    """The group whose hosts are exactly these (several hosts only; `all` first, then the
+    smallest group name), or None."""
+    if len(hosts) < 2:
+        return None
+    wanted = set(hosts)
+    names = sorted((g for g, members in groups.items() if set(members) == wanted), key=lambda g: (g != "all", g))
+    return names[0] if names else None
 
 
 def check_host_variables(
@@ -191,6 +554,7 @@ def check_host_variables(
     role_specs: Mapping[str, Mapping[str, dict[str, Any]]],
     cluster_spec: Mapping[str, dict[str, Any]],
     removed: Mapping[str, str],
+    rules: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Check one host's inventory variables; values are evaluated only where checked."""
     errors: list[str] = []
@@ -221,10 +585,25 @@ def check_host_variables(
         close = difflib.get_close_matches(name, known, n=1, cutoff=SIMILARITY)
         if close:
             errors.append(f"host {host}: unknown variable {name}; did you mean {close[0]}?")
+    rules = rules or {}
+    for name, value in sorted({**cluster_values, **{n: v for vs in by_role.values() for n, v in vs.items()}}.items()):
+        errors += [f"host {host}: {msg}" for msg in check_placeholders(name, value)]
+    if "cluster_admin_users" in cluster_values:
+        errors += [f"host {host}: {msg}" for msg in check_admin_keys(cluster_values["cluster_admin_users"])]
     for role, values in sorted(by_role.items()):
-        errors += [f"host {host}: role {role}: {msg}" for msg in type_errors(role_specs[role], values)]
-    errors += [f"host {host}: {msg}" for msg in type_errors(cluster_spec, cluster_values)]
+        wrong = type_errors(role_specs[role], values)
+        errors += [f"host {host}: role {role}: {msg}" for msg in wrong]
+        errors += [f"host {host}: {msg}" for msg in _rule_errors(rules.get(role, {}), values, wrong)]
+    wrong = type_errors(cluster_spec, cluster_values)
+    errors += [f"host {host}: {msg}" for msg in wrong]
+    errors += [f"host {host}: {msg}" for msg in _rule_errors(rules.get("preflight", {}), cluster_values, wrong)]
     return errors
+
+
+def _rule_errors(rules: Mapping[str, Any], values: Mapping[str, Any], type_messages: list[str]) -> list[str]:
+    """The value rules of the settings whose type is right (a wrong type is reported once)."""
+    typed = {n: v for n, v in values.items() if not any(n in m for m in type_messages)}
+    return value_rules.check_settings(rules, typed)
 
 
 def _hint(name: str, known: Iterable[str]) -> str:
@@ -247,19 +626,46 @@ class ActionModule(ActionBase):
         role_specs = load_role_specs(roles_dir)
         if not role_specs:
             raise AnsibleError(f"no role argument specs found under {roles_dir}")
+        try:
+            rules = value_rules.load_all_rules(roles_dir)
+        except (OSError, value_rules.RuleError, re.error) as exc:
+            raise AnsibleError(f"a role's value rules cannot be read: {exc}") from exc
         errors = check_zones(groups, task_vars.get("cluster_zones"))
         errors += check_required_groups(groups, args.get("required_groups") or [])
         errors += check_services(task_vars.get("cluster_services"), groups)
         hostvars = task_vars["hostvars"]
+        defaults = load_defaults(roles_dir)
+        table = yaml.safe_load((roles_dir / "preflight" / "files" / "compatibility.yml").read_text())
+        check_roles = set(args.get("check_roles") or [])
+        check_roles = set(role_specs) if "all" in check_roles else check_roles
+        needs = [n for n in args.get("secrets") or [] if n["role"] in check_roles]
         addresses = {}
         for host in sorted(groups.get("all", [])):
             host_vars = hostvars[host]
-            errors += check_host_variables(host, host_vars, role_specs, cluster_spec, removed)
+            errors += check_host_variables(host, host_vars, role_specs, cluster_spec, removed, rules)
+            errors += [f"host {host}: {msg}" for msg in check_connection(host_vars) + check_admins(host_vars)]
+            errors += [
+                f"host {host}: {msg}" for msg in check_references(host_vars, groups, task_vars.get("cluster_services"))
+            ]
+            if host in groups.get("gpu_nodes", []):
+                pins = {k: host_vars[k] if k in host_vars else defaults.get(k) for k in PINS}
+                errors += [f"host {host}: {msg}" for msg in check_compatibility(pins, table)]
+            for name, reader in check_secrets(host, host_vars, defaults, needs, groups):
+                errors.append(
+                    f"host {host}: secret '{name}', read by {reader}, is not in cluster_secrets: add it to "
+                    "group_vars/all/secrets.vault.yml (secrets.vault.yml.example says how to generate it; "
+                    "`ansible-vault edit` the file)"
+                )
             if host_vars.get("ansible_connection", "ssh") != "local":
                 addresses[host] = str(host_vars.get("ansible_host", host))
+                errors += [f"host {host}: {msg}" for msg in check_placeholders("ansible_host", addresses[host])]
         errors += check_addresses(addresses)
-        errors = merge_host_messages(errors)
+        vault_errors, vault_warnings = check_vault(hostvars, groups)
+        errors += vault_errors
+        errors = merge_host_messages(errors, groups)
         result["changed"] = False
+        if vault_warnings:
+            result["warnings"] = vault_warnings
         result["problems"] = errors
         if errors:
             result["failed"] = True

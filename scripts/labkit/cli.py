@@ -12,55 +12,26 @@ import os
 import shutil
 import sys
 import time
-from pathlib import Path
 
-import yaml
-
-from . import engine, images, progress, secrets, topology
+from . import engine, images, layout, progress, secrets, summary, topology
 from .shell import LabError, ok, run
 
-ROOT = Path(__file__).resolve().parents[2]
-STATE = ROOT / ".lab"
-INVENTORY = ROOT / "inventories" / "lab"
+ROOT = layout.ROOT
+STATE = layout.STATE
+INVENTORY = layout.INVENTORY
 TOPOLOGY = INVENTORY / "topology.yml"
 HOSTS_FILE = INVENTORY / "hosts.yml"
 # The sudo user baked into the base image (scripts/labkit/images/debian12-systemd).
 ADMIN_USER = "labadmin"
-SSH_KEY = STATE / "ssh" / "id_ed25519"
-KNOWN_HOSTS = STATE / "ssh" / "known_hosts"
-VAULT_PASS = STATE / "vault-pass"
+SSH_KEY = layout.SSH_KEY
+KNOWN_HOSTS = layout.KNOWN_HOSTS
+VAULT_PASS = layout.VAULT_PASS
 SECRETS_FILE = INVENTORY / "group_vars" / "all" / "secrets.vault.yml"
 BASE_RECIPE = "debian12-systemd"
 LABEL = "org.llmlab.lab"
 
-# What systemd as PID 1 needs in a container on our machines (see docs/testing.md): the
-# sandbox has no CAP_SYS_RESOURCE, so --privileged and ALL are refused by runc.
-SYSTEMD_RUN_ARGS = [
-    "--cap-add",
-    "SYS_ADMIN",
-    "--cap-add",
-    "NET_ADMIN",
-    "--cap-add",
-    "NET_RAW",
-    "--cap-add",
-    "SYS_PTRACE",
-    "--cap-add",
-    "SYS_MODULE",
-    "--cgroupns",
-    "host",
-    "--security-opt",
-    "seccomp=unconfined",
-    "--security-opt",
-    "apparmor=unconfined",
-    "--volume",
-    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-    "--tmpfs",
-    "/run:rw,exec,nosuid,nodev,size=256m",
-    "--tmpfs",
-    "/run/lock:rw,noexec,nosuid,nodev,size=16m",
-    "--tmpfs",
-    "/tmp:rw,exec,nosuid,nodev,size=1g",
-]
+# What systemd as PID 1 needs in a container (scripts/labkit/systemd-host.yml).
+SYSTEMD_RUN_ARGS = layout.systemd_run_args()
 
 
 def ssh_base(address: str, user: str) -> list[str]:
@@ -253,29 +224,14 @@ def cmd_down(_: argparse.Namespace) -> None:
             run(["docker", "network", "rm", *nets])
     KNOWN_HOSTS.unlink(missing_ok=True)
     HOSTS_FILE.unlink(missing_ok=True)
-    shutil.rmtree(ROOT / ".cache" / "facts", ignore_errors=True)
-
-
-# Services worth a URL in the summary, and how to show them.
-SUMMARY_URLS = {"https": "https://{addr}/v1/chat/completions", "prometheus": "http://{addr}:{port}/",
-                "alertmanager": "http://{addr}:{port}/", "grafana": "http://{addr}:{port}/"}  # fmt: skip
+    shutil.rmtree(layout.FACT_CACHE, ignore_errors=True)
 
 
 def cmd_summary(_: argparse.Namespace) -> None:
-    """Where things are on the converged lab."""
+    """Where things are on the converged lab, and a request that works."""
     topo = topology.load(TOPOLOGY)
     print_hosts(topo)
-    catalogue = yaml.safe_load((INVENTORY / "group_vars" / "all" / "services.yml").read_text())["cluster_services"]
-    print("\nServices on the lab (from the service catalogue):")
-    for name, svc in catalogue.items():
-        hosts = [h for h in topo.hosts if svc["group"] == "all" or svc["group"] in h.groups]
-        ports = f"{svc['port']}-{svc['port_end']}" if "port_end" in svc else str(svc["port"])
-        where = ", ".join(f"{h.name} {h.address}" for h in hosts) or "no host"
-        print(f"  {name:15} {svc.get('protocol', 'tcp')}/{ports:11} {where}")
-        if name in SUMMARY_URLS and hosts:
-            print(f"  {'':15} {SUMMARY_URLS[name].format(addr=hosts[0].address, port=svc['port'])}")
-    print("\nDrift report (check mode, changes nothing):")
-    print(f"  scripts/drift_report.py -i inventories/lab -- --vault-password-file {VAULT_PASS}")
+    summary.show(topo, INVENTORY, STATE, VAULT_PASS, SECRETS_FILE)
 
 
 def cmd_status(_: argparse.Namespace) -> None:

@@ -88,7 +88,7 @@ def build_rootfs(recipe: Recipe, target: Path) -> None:
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
         argv.append(mirror)
-    run(argv, timeout=1800)
+    progress.run_watched(argv, "debootstrap", timeout=1800)
     script = recipe.path / "customize.sh"
     if script.is_file():
         shutil.copy(script, target / "customize.sh")

@@ -45,16 +45,19 @@ SECRET_SPECS: dict[str, Generator] = {
 }
 
 
+def read_secrets(vault_pass: Path, secrets_file: Path, ansible_vault: str = "ansible-vault") -> dict[str, object]:
+    """The lab's `cluster_secrets`, decrypted."""
+    proc = run([ansible_vault, "view", "--vault-password-file", str(vault_pass), str(secrets_file)])
+    return (yaml.safe_load(proc.stdout) or {}).get("cluster_secrets", {}) or {}
+
+
 def ensure_secrets(vault_pass: Path, secrets_file: Path, ansible_vault: str = "ansible-vault") -> None:
     """Create the vault password and encrypted secrets file; add only missing values."""
     vault_pass.parent.mkdir(parents=True, exist_ok=True)
     if not vault_pass.exists():
         vault_pass.write_text(secrets.token_urlsafe(32) + "\n")
         vault_pass.chmod(0o600)
-    current: dict[str, object] = {}
-    if secrets_file.exists():
-        proc = run([ansible_vault, "view", "--vault-password-file", str(vault_pass), str(secrets_file)])
-        current = (yaml.safe_load(proc.stdout) or {}).get("cluster_secrets", {}) or {}
+    current = read_secrets(vault_pass, secrets_file, ansible_vault) if secrets_file.exists() else {}
     missing = [name for name in SECRET_SPECS if name not in current]
     if not missing and secrets_file.exists():
         return

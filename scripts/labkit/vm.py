@@ -38,13 +38,13 @@ from pathlib import Path
 
 import yaml
 
-from . import images, progress
+from . import images, layout, progress
 from .engine import _apt_install
 from .shell import LabError, ok, run
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = layout.ROOT
 RECIPES = Path(__file__).resolve().parent / "vm-images"
-CACHE = ROOT / ".cache" / "vm-images"
+CACHE = layout.VM_IMAGES
 ADMIN_USER = "labadmin"
 FINALIZE_SCRIPT = "/usr/local/sbin/llmlab-image-finalize"
 FINALIZE_MARK = "LLMLAB-IMAGE-FINALIZED"

@@ -14,7 +14,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository
+from labkit import layout
+
+ROOT = layout.ROOT  # the repository
+SITE = layout.SITE
 
 
 @dataclass
@@ -64,6 +67,15 @@ def _ansible_playbook() -> str:
     return str(beside) if beside.exists() else (shutil.which("ansible-playbook") or "ansible-playbook")
 
 
+def playbook_command(playbook: str | Path, inventory: str | Path, *args: str) -> list[str]:
+    return [_ansible_playbook(), str(playbook), "-i", str(inventory), *args]
+
+
+def lab_command(*args: str, playbook: str | Path = SITE) -> list[str]:
+    """The lab's site command (or another playbook's): its inventory and vault password file."""
+    return playbook_command(playbook, layout.INVENTORY, "--vault-password-file", str(layout.VAULT_PASS), *args)
+
+
 def run_playbook(
     playbook: str | Path,
     inventory: str | Path,
@@ -71,6 +83,18 @@ def run_playbook(
     env: dict[str, str] | None = None,
     timeout: float = 1800,
 ) -> PlaybookRun:
+    return run_command(playbook_command(playbook, inventory, *args), env=env, timeout=timeout)
+
+
+def run_lab(
+    *args: str, playbook: str | Path = SITE, env: dict[str, str] | None = None, timeout: float = 1800
+) -> PlaybookRun:
+    """`lab_command` run with JSON results."""
+    return run_command(lab_command(*args, playbook=playbook), env=env, timeout=timeout)
+
+
+def run_command(argv: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> PlaybookRun:
+    """Run an ansible-playbook command line from the repository with the `json` callback."""
     full_env = dict(os.environ)
     full_env.update(
         {
@@ -83,15 +107,7 @@ def run_playbook(
         }
     )
     full_env.update(env or {})
-    proc = subprocess.run(
-        [_ansible_playbook(), str(playbook), "-i", str(inventory), *args],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    proc = subprocess.run(argv, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
     data: dict = {}
     start = proc.stdout.find('{\n    "custom_stats"')
     if start >= 0:

@@ -79,9 +79,9 @@ relax=""
     # shellcheck disable=SC2086
     scripts/gpu-validate --driver-version 580 $cli_relax
     expect $? 0 "the CLI passes${cli_relax:+ (with $cli_relax, as 4b)}"
-    "$PY" - "$OUT/timing.json" <<'PYEOF'
+    # The module_utils file is imported as a plain module: its folder goes on PYTHONPATH.
+    PYTHONPATH=plugins/module_utils:$PYTHONPATH "$PY" - "$OUT/timing.json" <<'PYEOF'
 import json, statistics, subprocess, sys, time
-sys.path.insert(0, "plugins/module_utils")
 import nvidia_gpu as ng
 
 want = ng.Expectations(driver_version="580")

@@ -20,17 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from labkit import topology
+from labkit.layout import INVENTORY, ROOT, SITE, SSH_KEY, VAULT_PASS
+from toolkit.ansible_run import PlaybookRun, run_lab
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from labkit import topology  # noqa: E402
-from toolkit.ansible_run import PlaybookRun, run_playbook  # noqa: E402
-
-INVENTORY = ROOT / "inventories" / "lab"
-SITE = ROOT / "playbooks" / "site.yml"
-VAULT_PASS = ROOT / ".lab" / "vault-pass"
-SSH_KEY = ROOT / ".lab" / "ssh" / "id_ed25519"
+# What the lab tests import from here besides the fixtures.
+__all__ = ["INVENTORY", "ROOT", "VAULT_PASS", "Lab", "quote"]
 
 
 @dataclass
@@ -47,7 +42,7 @@ class Lab:
 
     def playbook(self, *args: str, playbook: Path = SITE, env: dict[str, str] | None = None) -> PlaybookRun:
         """ansible-playbook against the lab inventory (JSON results)."""
-        return run_playbook(playbook, INVENTORY, "--vault-password-file", str(VAULT_PASS), *args, env=env)
+        return run_lab(*args, playbook=playbook, env=env)
 
     def exec(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """A root shell command on a lab host, through Docker (not through the firewall)."""

@@ -120,6 +120,8 @@ def test_firewall_drift_shows_in_check_diff_and_a_role_run_repairs_it(converged:
     source = f"{converged.address(ops)}/32"
     rule = f'-s {source} -p tcp -m tcp --dport 9100 -m comment --comment "monitoring: node_exporter" -j ACCEPT'
     converged.exec(gpu, f"iptables -D CLUSTER-FW-INPUT {rule}")
+    # Without its jump from DOCKER-USER, the firewall no longer filters published ports.
+    converged.exec(gpu, "iptables -D DOCKER-USER -j CLUSTER-FW-DOCKER")
     target = [(converged.address(gpu), 9100)]
     assert probe_from(converged, ops, target) == {target[0]: "timeout"}
 
@@ -134,12 +136,14 @@ def test_firewall_drift_shows_in_check_diff_and_a_role_run_repairs_it(converged:
         for host, res in task["hosts"].items()
         if host == gpu
     )
-    assert "--dport 9100" in diff
+    assert "--dport 9100" in diff and "-A DOCKER-USER -j CLUSTER-FW-DOCKER" in diff
 
     fix = converged.playbook("--tags", "firewall", "--limit", gpu)
     assert fix.rc == 0, _summary(fix)
     assert COMPARE in fix.changed_tasks()[gpu]
     assert probe_from(converged, ops, target) == {target[0]: "open"}
+    saved = converged.exec(gpu, "iptables-save -t filter").stdout.splitlines()
+    assert saved.count("-A DOCKER-USER -j CLUSTER-FW-DOCKER") == 1
     again = converged.playbook("--check", "--tags", "firewall", "--limit", gpu)
     assert again.rc == 0 and again.changed_tasks() == {}
 

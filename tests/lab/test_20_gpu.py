@@ -23,9 +23,7 @@ def test_docker_runs_containers_on_every_container_host(converged: Lab):
     hosts = converged.hosts("container_hosts")
     assert hosts, "the lab has no container_hosts"
     for host in hosts:
-        info = json.loads(converged.exec(host, "docker info --format '{{json .}}'").stdout)
-        assert info["LiveRestoreEnabled"] is True, host
-        assert info["LoggingDriver"] == "json-file" and info["Driver"] == "overlay2", host
+        # Docker's settings (live restore, log rotation, overlay2) are molecule/gpu's to assert.
         converged.exec(host, PROBE)
         out = converged.exec(host, "docker run --rm local/gpu-probe:1 /bin/dash -c 'echo ok'").stdout.strip()
         assert out == "ok", host

@@ -5,13 +5,15 @@ digest from the registry on ops1. Releases: v1 (the inventory's), v2, and two br
 (v3-never-ready, v3-errors). Every update runs under a load loop through the edge (short
 requests and 10 s streams, tests/lab/serving_load.py) and must lose none of them.
 
-Order matters (pytest keeps file order): the updates build on each other, and the last test
-brings the lab back to the inventory's state (v1 everywhere), as test_90_drift expects.
+Each test asserts relative to the state it finds, and brings about the state it needs
+(`at_release`): the tests pass in any order. The last one in the file brings the lab back to
+the inventory's state (v1 everywhere), as test_90_drift expects.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import subprocess
 import sys
@@ -59,6 +61,35 @@ def direct(lab: Lab, host: str, port: int, path: str = "/v1/chat/completions") -
         "print(u.urlopen(r, timeout=10).read().decode())\n"
     )
     return lab.exec(host, f"python3 -c {quote(script)} {path} {port}").stdout
+
+
+def active(lab: Lab, host: str) -> dict:
+    """The host's active endpoint of the instance (from its fact)."""
+    eps = [e for e in fact(lab, host) if e["instance"] == INSTANCE and e["state"] == "active"]
+    assert len(eps) == 1, fact(lab, host)
+    return eps[0]
+
+
+def release_of(lab: Lab, host: str) -> str | None:
+    """The stand-in release the host's active endpoint answers with (v1, v2), or None."""
+    eps = [e for e in fact(lab, host) if e["instance"] == INSTANCE and e["state"] == "active"]
+    if len(eps) != 1:
+        return None
+    match = re.search(r"\[standin (v[^\]\s]+)", direct(lab, host, eps[0]["port"]))
+    return match.group(1) if match else None
+
+
+def at_release(lab: Lab, host: str, name: str) -> None:
+    """Bring `host` to release `name` (blue-green: nothing is dropped) unless it is there."""
+    if release_of(lab, host) != name:
+        run = serving(lab, "--limit", host, *release(name, llm_serving_update_strategy="blue_green"))
+        assert run.rc == 0, _summary(run)
+    assert release_of(lab, host) == name
+
+
+def other_colour(colour: str) -> tuple[str, int]:
+    """The other colour and its port (blue serves on 8000, green on 8001)."""
+    return ("green", 8001) if colour == "blue" else ("blue", 8000)
 
 
 def container_id(lab: Lab, host: str) -> str:
@@ -153,7 +184,9 @@ def test_instances_run_the_image_pinned_by_digest_from_the_site_registry(converg
     v1 = images()["digests"]["v1"]
     registry = converged.hosts("ops")[0]
     for host in converged.hosts("gpu_nodes"):
-        unit = converged.exec(host, f"cat /etc/systemd/system/llm-serving-{INSTANCE}-blue.service").stdout
+        at_release(converged, host, "v1")
+        colour = active(converged, host)["colour"]
+        unit = converged.exec(host, f"cat /etc/systemd/system/llm-serving-{INSTANCE}-{colour}.service").stdout
         assert f"ops1:5000/{images()['repository']}@{v1}" in unit and "--pull never" in unit
         digests = converged.exec(host, "docker image ls --digests --format '{{.Repository}}@{{.Digest}}'").stdout
         assert f"ops1:5000/{images()['repository']}@{v1}" in digests.split()
@@ -170,18 +203,21 @@ def test_instances_run_the_image_pinned_by_digest_from_the_site_registry(converg
 
 def test_endpoints_are_published_as_the_contract_says(converged: Lab):
     for host in converged.hosts("gpu_nodes"):
-        assert fact(converged, host) == [
+        published = fact(converged, host)
+        assert len(published) == 1 and published[0]["colour"] in ("blue", "green"), published
+        port = 8000 if published[0]["colour"] == "blue" else 8001
+        assert published == [
             {
-                "colour": "blue",
+                "colour": published[0]["colour"],
                 "instance": INSTANCE,
                 "metrics_path": "/prometheus/metrics",
                 "model": "standin-chat",
-                "port": 8000,
+                "port": port,
                 "state": "active",
                 "weight": 100,
             }
         ]
-        assert "trtllm_e2e_request_latency_seconds" in direct(converged, host, 8000, "/prometheus/metrics")
+        assert "trtllm_e2e_request_latency_seconds" in direct(converged, host, port, "/prometheus/metrics")
         mode = converged.exec(host, "stat -c '%U %a' /etc/ansible/facts.d/llm_serving.fact").stdout.split()
         assert mode == ["root", "644"]
 
@@ -190,21 +226,22 @@ def test_a_streamed_chat_completion_through_the_edge(converged: Lab, edge: dict)
     loop = load(edge)
     result = loop.request("probe", stream=True, max_tokens=30)
     assert result.ok, result.error
-    assert result.version == "v1"
+    assert result.version in {release_of(converged, h) for h in converged.hosts("gpu_nodes")}
     assert result.ended - result.started >= 0.5  # 30 tokens, 20 ms apart: it streamed
 
 
 def test_a_killed_container_is_restarted_and_ready_again(converged: Lab, record_property):
     host = converged.hosts("gpu_nodes")[0]
-    name = f"llm-serving-{INSTANCE}-blue"
+    endpoint = active(converged, host)
+    name = f"llm-serving-{INSTANCE}-{endpoint['colour']}"
     converged.exec(host, f"docker kill {name}")
     killed = time.monotonic()
     ready_after = None
     while time.monotonic() - killed < 60:
         probe = converged.exec(
             host,
-            "python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/health_generate', "
-            'timeout=2).status)"',
+            'python3 -c "import urllib.request as u; print(u.urlopen('
+            f"'http://127.0.0.1:{endpoint['port']}/health_generate', timeout=2).status)\"",
             check=False,
         )
         if probe.returncode == 0 and probe.stdout.strip() == "200":
@@ -225,6 +262,8 @@ def test_a_killed_container_is_restarted_and_ready_again(converged: Lab, record_
 
 def test_blue_green_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, record_property):
     host = converged.hosts("gpu_nodes")[0]
+    at_release(converged, host, "v1")
+    new_colour, new_port = other_colour(active(converged, host)["colour"])
     old = container_id(converged, host)
     run, loop, seconds = update_under_load(
         converged,
@@ -243,15 +282,18 @@ def test_blue_green_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict,
     )
     new = container_id(converged, host)
     assert {r.version for r in loop.results if r.host == new} == {"v2"}
-    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
-    assert "[standin v2]" in direct(converged, host, 8001)
-    assert converged.exec(host, "ls /etc/systemd/system/ | grep llm-serving-").stdout.split() == [
-        f"llm-serving-{INSTANCE}-green.service"
-    ]
+    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [(new_colour, "active")]
+    assert "[standin v2]" in direct(converged, host, new_port)
+    assert units(converged, host) == [f"llm-serving-{INSTANCE}-{new_colour}.service"]
 
 
 def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, record_property):
     host = converged.hosts("gpu_nodes")[1]
+    for other in converged.hosts("gpu_nodes"):
+        if other != host:
+            at_release(converged, other, release_of(converged, other) or "v1")  # capacity elsewhere
+    at_release(converged, host, "v1")
+    new_colour, _ = other_colour(active(converged, host)["colour"])
     old = container_id(converged, host)
     run, loop, seconds = update_under_load(
         converged, edge, "--limit", host, *release("v2", llm_serving_update_strategy="rolling")
@@ -266,15 +308,17 @@ def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, re
     )
     new = container_id(converged, host)
     assert {r.version for r in loop.results if r.host == new} == {"v2"}
-    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
-    # Both nodes are updated now: only v2 answers.
-    assert versions_through_edge(edge) == {"v2"}
+    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [(new_colour, "active")]
+    assert release_of(converged, host) == "v2"
 
 
 def test_a_release_that_never_becomes_ready_is_rolled_back(converged: Lab, edge: dict):
     # Both nodes: the first fails, and the release must not reach the second at all (the
     # staging play only pulls its image there).
     host, other = converged.hosts("gpu_nodes")[:2]
+    for h in (host, other):
+        at_release(converged, h, release_of(converged, h) or "v1")  # both serve
+    host_before, versions_before = fact(converged, host), versions_through_edge(edge)
     other_before = (container_id(converged, other), fact(converged, other), units(converged, other))
     run, loop, _ = update_under_load(converged, edge, *release("v3-never-ready", llm_serving_ready_timeout=15))
     print(f"\nv3 (never ready), rolling on {host}: {loop.summary()}")
@@ -284,13 +328,15 @@ def test_a_release_that_never_becomes_ready_is_rolled_back(converged: Lab, edge:
     assert "ROLLED BACK" in message and "did not become ready within 15s" in message, message
     assert "stand-in trtllm-serve v3" in message  # the container's own log lines
     assert loop.failures() == [], loop.summary()
-    assert {r.version for r in loop.results} == {"v2"}
-    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
-    assert versions_through_edge(edge) == {"v2"}
+    assert {r.version for r in loop.results} == versions_before
+    assert fact(converged, host) == host_before
+    assert versions_through_edge(edge) == versions_before
 
 
 def test_a_release_answering_5xx_is_rolled_back_by_its_canary(converged: Lab, edge: dict):
     host = converged.hosts("gpu_nodes")[1]
+    at_release(converged, host, release_of(converged, host) or "v1")
+    host_before, versions_before = fact(converged, host), versions_through_edge(edge)
     run, loop, _ = update_under_load(
         converged,
         edge,
@@ -303,14 +349,15 @@ def test_a_release_answering_5xx_is_rolled_back_by_its_canary(converged: Lab, ed
     message = " ".join(m for msgs in run.failures().values() for m in msgs)
     assert "ROLLED BACK" in message and "answered 5xx" in message, message
     assert loop.failures() == [], loop.summary()
-    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
-    assert versions_through_edge(edge) == {"v2"}
+    assert fact(converged, host) == host_before
+    assert versions_through_edge(edge) == versions_before
 
 
 def test_a_model_that_does_not_match_its_manifest_is_refused_before_any_change(converged: Lab):
     host = converged.hosts("gpu_nodes")[0]
     weights = "/srv/models/standin-chat/model.safetensors"
-    before = container_id(converged, host)
+    at_release(converged, host, "v2")  # so that v1 is an update
+    before, fact_before = container_id(converged, host), fact(converged, host)
     converged.exec(host, f"cp {weights} /root/weights.bak && echo corrupted >> {weights}")
     try:
         # The model is staged on the host (no model_src to copy it again), the image changes.
@@ -322,11 +369,13 @@ def test_a_model_that_does_not_match_its_manifest_is_refused_before_any_change(c
     message = " ".join(m for msgs in run.failures().values() for m in msgs)
     assert "does not match /srv/models/standin-chat/SHA256SUMS" in message and "model.safetensors: FAILED" in message
     assert container_id(converged, host) == before
-    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
+    assert fact(converged, host) == fact_before
 
 
 def test_maintenance_drains_a_node_works_on_it_and_brings_it_back(converged: Lab, edge: dict):
-    host = converged.hosts("gpu_nodes")[0]
+    host, other = converged.hosts("gpu_nodes")[:2]
+    at_release(converged, other, release_of(converged, other) or "v1")  # capacity elsewhere
+    fact_before, release_before = fact(converged, host), release_of(converged, host)
     loop = load(edge).start()
     time.sleep(3)
     run = converged.playbook(
@@ -343,39 +392,44 @@ def test_maintenance_drains_a_node_works_on_it_and_brings_it_back(converged: Lab
     assert tasks.index("Maintenance | Drain the node at the edge and stop its instances") < tasks.index(
         "os_tuning : OS tuning | Kernel settings (sysctl)"
     )
-    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
-    assert "[standin v2]" in direct(converged, host, 8001)
+    assert fact(converged, host) == fact_before
+    assert release_of(converged, host) == release_before
 
 
 # -- removal, and back to the inventory -----------------------------------------------------
 
 
-def test_a_removed_instance_leaves_no_unit_fact_or_upstream(converged: Lab, edge: dict):
-    host = converged.hosts("gpu_nodes")[1]
-    run = serving(converged, "--limit", host, "-e", '{"llm_serving_instances": []}')
-    assert run.rc == 0, _summary(run)
-    assert fact(converged, host) == []
-    assert converged.exec(host, "ls /etc/systemd/system/ | grep -c llm-serving-", check=False).stdout.strip() == "0"
-    assert converged.exec(host, "docker ps -q --filter label=org.llmlab.serving.instance").stdout.strip() == ""
-    upstreams = converged.exec(converged.hosts("edge")[0], "cat /etc/nginx/edge/upstreams.conf").stdout
-    assert converged.address(host) not in upstreams
-    assert versions_through_edge(edge) == {"v2"}  # the other node serves
+def test_a_removed_instance_leaves_no_unit_fact_or_upstream_and_the_capacity_floor_holds(converged: Lab, edge: dict):
+    removed, host = converged.hosts("gpu_nodes")[1], converged.hosts("gpu_nodes")[0]
+    at_release(converged, host, release_of(converged, host) or "v1")
+    versions_before = {release_of(converged, host)}
+    try:
+        run = serving(converged, "--limit", removed, "-e", '{"llm_serving_instances": []}')
+        assert run.rc == 0, _summary(run)
+        assert fact(converged, removed) == []
+        assert units(converged, removed) == []
+        assert converged.exec(removed, "docker ps -q --filter label=org.llmlab.serving.instance").stdout.strip() == ""
+        upstreams = converged.exec(converged.hosts("edge")[0], "cat /etc/nginx/edge/upstreams.conf").stdout
+        assert converged.address(removed) not in upstreams
+        assert versions_through_edge(edge) == versions_before  # the other node serves
 
-
-def test_a_rolling_update_keeps_the_capacity_floor(converged: Lab):
-    # gpu2 serves nothing now: taking gpu1's endpoint out would leave the instance no capacity.
-    host = converged.hosts("gpu_nodes")[0]
-    before = container_id(converged, host)
-    run = serving(converged, "--limit", host, *release("v1", llm_serving_update_strategy="rolling"))
-    assert run.rc != 0
-    message = " ".join(m for msgs in run.failures().values() for m in msgs)
-    assert "would leave only 0 active endpoint(s) of it" in message and "Nothing was changed" in message, message
-    assert container_id(converged, host) == before
-    assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [("green", "active")]
+        # The removed node serves nothing: taking the other's endpoint out for a rolling
+        # update would leave the instance no capacity, so it is refused before any change.
+        before, fact_before = container_id(converged, host), fact(converged, host)
+        target = "v2" if release_of(converged, host) == "v1" else "v1"
+        run = serving(converged, "--limit", host, *release(target, llm_serving_update_strategy="rolling"))
+        assert run.rc != 0
+        message = " ".join(m for msgs in run.failures().values() for m in msgs)
+        assert "would leave only 0 active endpoint(s) of it" in message and "Nothing was changed" in message, message
+        assert container_id(converged, host) == before
+        assert fact(converged, host) == fact_before
+    finally:
+        back = serving(converged, "--limit", removed)
+        assert back.rc == 0, _summary(back)
 
 
 def test_the_inventory_state_returns_and_an_unchanged_rerun_touches_nothing(converged: Lab, edge: dict):
-    # Blue-green brings gpu1 back to v1 without taking it out; gpu2 gets a first deploy.
+    # Blue-green brings every node back to v1 without taking it out (or deploys it afresh).
     back = serving(converged, "-e", "llm_serving_update_strategy=blue_green")
     assert back.rc == 0, _summary(back)
     assert versions_through_edge(edge) == {"v1"}

@@ -1,36 +1,44 @@
 """The edge layer on the lab: edge1 in front of the serving endpoints of gpu1 and gpu2.
 
-Until the site has a serving layer (the llm_serving role), the serving hosts get the
-trtllm-serve TEST DOUBLE as a TEST FIXTURE (tests/doubles/trtllm-standin/serve-directly.yml),
-which publishes the same llm_serving local fact the role will; the edge cannot tell.
+What needs the whole site: balancing over several serving hosts, traffic changes through
+edge_proxy's `upstreams` entry point with its parameter (as the serving role calls it), a
+broken template refused on a converged edge, the other zones trusting the edge. TLS, keys,
+the WAF sets, limits, streaming, metrics and log privacy are asserted once, by the edge
+scenario (molecule/edge). Every test leaves the edge as it found it.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import shlex
-import ssl
 import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 from conftest import ROOT, VAULT_PASS, Lab, _summary
 
-sys.path.insert(0, str(ROOT))
-from tests.helpers import waf_sets
 from tests.helpers.edge_client import EdgeClient
 
 pytestmark = pytest.mark.usefixtures("converged")
 
 FACT = "/etc/ansible/facts.d/llm_serving.fact"
 ACCESS_LOG = "/var/log/nginx/edge-access.log"
-STANDIN = ROOT / "tests" / "doubles" / "trtllm-standin" / "serve-directly.yml"
-STEP = ROOT / "tests" / "lab" / "edge_serving_step.yml"
 CHAT = "/v1/chat/completions"
 AUDIT_LOG = "/var/log/modsecurity/edge-audit.log"
+# A caller of the entry point, as the serving role's publish step is one: the backends as data.
+UPSTREAMS_CALL = """\
+- name: Tell the edge about serving endpoint states (edge_proxy, tasks_from upstreams)
+  hosts: edge
+  become: true
+  gather_facts: false
+  tasks:
+    - name: The edge follows the given backends
+      ansible.builtin.include_role:
+        name: edge_proxy
+        tasks_from: upstreams
+      vars:
+        edge_proxy_upstreams_backends: "{{ backends }}"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -52,39 +60,17 @@ def edge(converged: Lab, tmp_path_factory) -> EdgeClient:
     return EdgeClient(converged.address(host), host, ca)
 
 
-def _has_serving_facts(lab: Lab) -> bool:
-    return all(lab.exec(h, f"test -s {FACT}", check=False).returncode == 0 for h in lab.hosts("gpu_nodes"))
-
-
 def _chat(**extra) -> dict:
     return {"model": "standin", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello."}]} | extra
 
 
-def test_edge_without_serving_endpoints_answers_503_json(converged: Lab, edge: EdgeClient, api_keys):
-    if _has_serving_facts(converged):
-        pytest.skip("the serving hosts already publish endpoints (serving layer present)")
-    resp = edge.request("POST", CHAT, _chat(), key=api_keys["lab-client"])
-    assert resp.status == 503
-    assert resp.json()["error"]["message"] == "No serving endpoint is available."
-
-
 @pytest.fixture(scope="module")
-def serving(converged: Lab, edge: EdgeClient) -> list[str]:
-    """Serving endpoints on every GPU host, and the edge following them."""
+def serving(converged: Lab) -> list[str]:
+    """The GPU hosts, each publishing at least one active serving endpoint."""
     gpus = converged.hosts("gpu_nodes")
-    if not _has_serving_facts(converged):
-        for host in gpus:
-            run = converged.playbook(
-                "--limit", host, "-e", f"standin_hosts={host}", "-e",
-                json.dumps({"standin_endpoints": [{"port": 8000, "colour": "blue", "weight": 100, "state": "active",
-                            "env": {"STANDIN_VERSION": f"v1-{host}", "STANDIN_TOKEN_DELAY_MS": 10,
-                                    "STANDIN_TOKENS": 600}}]}),
-                playbook=STANDIN,
-            )  # fmt: skip
-            assert run.rc == 0, _summary(run)
-        # The edge's own run picks them up (a serving rollout would use the entry point).
-        run = converged.playbook("--tags", "edge_proxy", "--limit", "edge")
-        assert run.rc == 0, _summary(run)
+    for host in gpus:
+        endpoints = json.loads(converged.exec(host, f"cat {FACT}").stdout)["endpoints"]
+        assert any(e["state"] == "active" for e in endpoints), (host, endpoints)
     return gpus
 
 
@@ -109,81 +95,63 @@ def test_chat_is_balanced_over_every_serving_host(converged: Lab, edge, serving,
     assert _answering(converged, edge, api_keys["lab-client"], 8) == set(serving)
 
 
-def test_streamed_completion_through_the_edge(edge, serving, api_keys):
-    stream = edge.stream(CHAT, _chat(stream=True, max_tokens=200), key=api_keys["lab-client"])
-    assert stream.status == 200
-    times = [t for t, _ in stream.chunks]
-    assert times[0] < 1.0 and len(stream.chunks) >= 20
-    assert stream.text.rstrip().endswith("data: [DONE]")
+def _tell_the_edge(lab: Lab, tmp_path, backends: dict) -> None:
+    playbook = tmp_path / "upstreams-call.yml"
+    playbook.write_text(UPSTREAMS_CALL)
+    run = lab.playbook("-e", json.dumps({"backends": backends}), playbook=playbook)
+    assert run.rc == 0, _summary(run)
 
 
-def test_draining_a_host_through_the_entry_point_moves_traffic(converged: Lab, edge, serving, api_keys):
-    """The serving-side contract: change the fact, include edge_proxy's `upstreams` delegated."""
+def _published(lab: Lab, hosts: list[str], state: str | None = None) -> dict:
+    """The entry point's parameter for these hosts: what they publish, or every endpoint in `state`."""
+    out = {}
+    for host in hosts:
+        endpoints = json.loads(lab.exec(host, f"cat {FACT}").stdout)["endpoints"]
+        endpoints = [e | {"state": state} for e in endpoints] if state else endpoints
+        out[host] = {"address": lab.address(host), "endpoints": endpoints}
+    return out
+
+
+def test_the_upstreams_entry_point_drains_a_host_and_answers_503_without_endpoints(
+    converged: Lab, edge, serving, api_keys, tmp_path
+):
+    key = api_keys["lab-client"]
     first = serving[0]
-    saved = converged.exec(first, f"cat {FACT}").stdout
-    fact = json.loads(saved)
-    for ep in fact["endpoints"]:
-        ep["state"] = "draining"
     try:
-        _write_fact(converged, first, json.dumps(fact))
-        run = converged.playbook("--limit", first, playbook=STEP)
-        assert run.rc == 0, _summary(run)
-        assert first not in _answering(converged, edge, api_keys["lab-client"], 6)
+        _tell_the_edge(converged, tmp_path, _published(converged, [first], "draining"))
+        assert first not in _answering(converged, edge, key, 6)
+        _tell_the_edge(converged, tmp_path, _published(converged, serving, "draining"))
+        resp = edge.request("POST", CHAT, _chat(), key=key)
+        assert resp.status == 503
+        assert resp.json()["error"]["message"] == "No serving endpoint is available."
     finally:
-        _write_fact(converged, first, saved)
-        run = converged.playbook("--limit", first, playbook=STEP)
-        assert run.rc == 0, _summary(run)
-    assert _answering(converged, edge, api_keys["lab-client"], 8) == set(serving)
+        _tell_the_edge(converged, tmp_path, _published(converged, serving))
+    assert _answering(converged, edge, key, 8) == set(serving)
 
 
-def _write_fact(lab: Lab, host: str, text: str) -> None:
-    encoded = base64.b64encode(text.encode()).decode()
-    lab.exec(host, f"printf %s {shlex.quote(encoded)} | base64 -d > {FACT}")
+def test_a_broken_template_fails_the_run_and_the_proxy_keeps_serving(converged: Lab, edge, serving, api_keys):
+    host = converged.hosts("edge")[0]
+    before = converged.exec(host, "sha256sum /etc/nginx/edge/site.conf").stdout
+    broken = {"edge_proxy_extra_server_config": ["proxy_buffering sometimes;"]}
+    run = converged.playbook("--tags", "edge_proxy", "--limit", host, "-e", json.dumps(broken))
+    assert run.rc != 0
+    messages = " ".join(m for msgs in run.failures().values() for m in msgs)
+    assert "failed to validate" in messages, messages
+    assert converged.exec(host, "sha256sum /etc/nginx/edge/site.conf").stdout == before
+    assert edge.request("POST", CHAT, _chat(), key=api_keys["lab-client"]).status == 200
 
 
-def test_tls_and_keys(edge, serving, api_keys):
-    assert edge.handshake(alpn=["h2"]) == ("TLSv1.3", "h2")
-    with pytest.raises(ssl.SSLError):
-        edge.handshake(maximum=ssl.TLSVersion.TLSv1_2)
-    assert edge.request("GET", "/v1/models").status == 401
-    assert edge.request("GET", "/v1/models", key="x" * 32).status == 401
-    assert edge.request("GET", "/v1/models", key=api_keys["lab-client"]).status == 200
-
-
-def test_waf_attack_and_benign_sets(converged: Lab, edge, serving, api_keys):
-    keys = list(api_keys.values())
-    attacks = waf_sets.run_cases(edge, waf_sets.attack_cases(), keys, 12)
-    benign = waf_sets.run_cases(edge, waf_sets.benign_cases(), keys, 12)
-    audit = waf_sets.audit_rule_ids(converged.exec(converged.hosts("edge")[0], f"cat {AUDIT_LOG}").stdout)
-    assert waf_sets.verdict_problems(attacks, audit) == []
-    assert {r.case.id: r.status for r in benign if r.status != 200} == {}
-
-
-def test_internal_hosts_trust_the_edge_certificate_and_scrape_its_metrics(converged: Lab, edge, serving):
+def test_internal_hosts_trust_the_edge_certificate_and_scrape_its_metrics(converged: Lab, edge, serving, api_keys):
     ops, edge_host = converged.hosts("ops")[0], converged.hosts("edge")[0]
+    assert edge.request("POST", CHAT, _chat(), key=api_keys["lab-client"]).status == 200
     # The system trust store of every host holds the internal CA (pki): plain urllib verifies.
     health = converged.exec(
         ops, f"python3 -c \"import urllib.request; print(urllib.request.urlopen('https://{edge_host}/health').status)\""
     )
     assert health.stdout.strip() == "200"
-    time.sleep(1)
+    time.sleep(1.5)  # mtail polls the access log
     metrics = converged.exec(
         ops, f"python3 -c \"import urllib.request; print(urllib.request.urlopen('http://{edge_host}:3903/metrics').read().decode())\""
     ).stdout  # fmt: skip
     assert 'edge_http_requests_total{client="lab-client",route="chat",status="200"}' in metrics
     assert "edge_http_request_duration_seconds_bucket" in metrics
-
-
-def test_no_key_and_no_prompt_in_the_edge_logs(converged: Lab, serving, api_keys):
-    host = converged.hosts("edge")[0]
-    patterns = list(api_keys.values()) + [m for c in waf_sets.benign_cases() for m in c.markers]
-    encoded = base64.b64encode(("\n".join(patterns) + "\n").encode()).decode()
-    converged.exec(host, f"printf %s {shlex.quote(encoded)} | base64 -d > /root/.leak-patterns")
-    found = converged.exec(
-        host,
-        "{ find /var/log -type f -name '*.gz' -exec zcat {} + ; find /var/log -type f ! -name '*.gz' -exec cat {} + ;"
-        " journalctl --no-pager -o cat ; } 2>/dev/null | grep -aoFf /root/.leak-patterns | sort -u",
-        check=False,
-    ).stdout.strip()
-    converged.exec(host, "rm -f /root/.leak-patterns")
-    assert found == "", f"{len(found.splitlines())} key(s) or prompt lines found in the edge's logs"

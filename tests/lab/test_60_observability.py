@@ -17,16 +17,14 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 import time
 import urllib.parse
 
 import pytest
 import yaml
-from conftest import ROOT, Lab, _summary, quote
+from conftest import ROOT, VAULT_PASS, Lab, _summary, quote
 
-sys.path.insert(0, str(ROOT / "tests" / "promtool"))
-import promkit
+from tests.promtool import promkit
 
 pytestmark = pytest.mark.usefixtures("converged")
 
@@ -36,7 +34,6 @@ STANDIN = ROOT / "tests" / "doubles" / "trtllm-standin" / "trtllm-serve"
 STANDIN_DIR = "/opt/llmlab-standin"
 STANDIN_UNIT = "llm-serving-standin-chat-blue"
 STANDIN_MODEL = "llama-3.1-8b-instruct"
-SINK_PORT = 9095  # inventories/lab/group_vars/all/observability.yml
 HAS_SERVING = (ROOT / "roles" / "llm_serving" / "tasks" / "main.yml").is_file()
 HAS_EDGE = (ROOT / "roles" / "edge_proxy" / "tasks" / "main.yml").is_file()
 RULES_DIR = "/etc/prometheus/rules.d"
@@ -250,33 +247,18 @@ def test_every_dashboard_query_returns_data(serving: Lab):
     assert not left, "dashboard queries without data in the lab:\n" + "\n".join(left)
 
 
-SINK = r"""
-import http.server, json, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        with open("/tmp/alert-sink.jsonl", "ab") as fh:
-            fh.write(body.replace(b"\n", b" ") + b"\n")
-        self.send_response(200); self.end_headers()
-    def log_message(self, *a): pass
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
-
-
 @pytest.fixture
 def alert_sink(serving: Lab):
-    """TEST FIXTURE: the webhook receiver the lab's Alertmanager posts to (ops host, loopback)."""
+    """The notifications Alertmanager sent since the test began: the lab's receiver is the
+    prometheus role's alert log receiver, one JSON line per notification in the ops host's
+    journal (inventories/lab/group_vars/all/observability.yml)."""
     ops = ops_host(serving)
-    script = base64.b64encode(SINK.encode()).decode()
-    serving.exec(ops, f"rm -f /tmp/alert-sink.jsonl; echo {script} | base64 -d > /tmp/alert-sink.py")
-    serving.exec(ops, "systemctl stop lab-alert-sink; systemctl reset-failed lab-alert-sink; true", check=False)
-    serving.exec(ops, f"systemd-run --unit=lab-alert-sink python3 /tmp/alert-sink.py {SINK_PORT}")
-    yield lambda: [
+    since = serving.exec(ops, "date +%s").stdout.strip()
+    return lambda: [
         json.loads(line)
-        for line in serving.exec(ops, "cat /tmp/alert-sink.jsonl 2>/dev/null || true").stdout.splitlines()
-        if line.strip()
+        for line in serving.exec(ops, f"journalctl -u alert-log-receiver -o cat --since @{since}").stdout.splitlines()
+        if line.startswith("{")
     ]
-    serving.exec(ops, "systemctl stop lab-alert-sink", check=False)
 
 
 def _received(posts: list[dict], alertname: str, status: str = "firing") -> list[dict]:
@@ -321,7 +303,7 @@ def _lab_api_key() -> str:
     """A client key of the edge, from the lab's vault-encrypted secrets."""
 
     out = subprocess.run(
-        ["ansible-vault", "view", "--vault-password-file", str(ROOT / ".lab" / "vault-pass"),
+        ["ansible-vault", "view", "--vault-password-file", str(VAULT_PASS),
          str(ROOT / "inventories" / "lab" / "group_vars" / "all" / "secrets.vault.yml")],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip

@@ -3,21 +3,24 @@ before any task runs on any host."""
 
 from __future__ import annotations
 
+import re
+import secrets
+import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
+from labkit.layout import VAULT_PASS
+from toolkit.ansible_run import PlaybookRun, run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from toolkit.ansible_run import PlaybookRun, run_playbook  # noqa: E402
-
 INVENTORIES = Path(__file__).resolve().parent / "inventories"
 BASE = INVENTORIES / "base.yml"
 SITE = ROOT / "playbooks" / "site.yml"
 IMAGE = "local/llmlab-debian12:bookworm"
+ADMIN_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBw/I6Cctv/B9P3JJYSawPlSi/edHCbmNaFGZHZW/oSk admin@laptop"
 UBUNTU_2004 = 'NAME="Ubuntu"\nVERSION_ID="20.04"\nVERSION="20.04.6 LTS (Focal Fossa)"\nID=ubuntu\nID_LIKE=debian\n'
 
 
@@ -63,6 +66,58 @@ CASES = {
         "vault_key_threshold is 3",
         "group 'vault' has 2 hosts (ops1, gpu1): raft needs an odd number",
     ],
+    # Value rules (meta/value_rules.yml): only the broken rule, with the value and the fix.
+    "rule_range": [
+        "ssh_hardening_max_auth_tries is 50: it must be at most 10. Fix: set it to a value that is 1 to 10",
+        "host edge1: edge_proxy_streams_per_key is 0: it must be at least 1",
+    ],
+    "rule_regex": ["group app (hosts gpu1, gpu2): nvidia_driver_version is 'latest': it must match"],
+    "rule_regex_image": ["dcgm_exporter_image_digest is 'sha256:1234'", "64 hex digits"],
+    "rule_list_length": ["ssh_hardening_ciphers is []: it must have at least 1 item(s) (has 0)"],
+    "rule_unique": ["edge_proxy_server_names", "must not repeat an item (repeats 'api.corp.internal')"],
+    "rule_network": [
+        "cluster_admin_networks[0] is '10.20.0.7/24'",
+        "(has host bits set)",
+        "cluster_admin_networks[1] is '10.20.0.0/33'",
+    ],
+    "rule_address": ["llm_serving_bind_address is '10.0.0.256': it must be an IP address"],
+    "rule_port": ["node_exporter_port is 70000: it must be a port number, 1-65535"],
+    "rule_ordered": ["llm_serving_port_first is 8015: it must be at most llm_serving_port_last (8000)"],
+    "rule_dict_keys": [
+        "os_tuning_sysctl_extra key 'VM Swappiness'",
+        "pki_renew_before_days is 30: it must be less than pki_certificate_valid_days (30)",
+    ],
+    "rule_list_items": [
+        "luks_volumes is a list of 2 items: it must have a unique name per item (Data repeated)",
+        "luks_volumes[Data].device is 'sdb': it must match /dev/.+",
+    ],
+    "admin_name": ["cluster_admin_users[Ops Admin].name is 'Ops Admin'", "unique name per item"],
+    # Consistency between settings.
+    "serving_port_outside_range": [
+        "llm_serving_instances[chat].port 9000 is outside the catalogue's serving range 8000-8015",
+        "llm_serving_instances[embed].port 8002 is already taken by instance code",
+    ],
+    "unknown_group_reference": [
+        "edge_proxy_backend_group names group 'gpu_node', which the inventory does not have",
+        "pki_ca_host names host 'ops9'",
+        "prometheus_scrape_services.node names service 'node_exportr'",
+    ],
+    "missing_secret": ["secret 'edge_api_keys', read by edge_proxy (edge_proxy_api_keys_secret), is not in"],
+    # Version compatibility (roles/preflight/files/compatibility.yml).
+    "version_mismatch": [
+        "cuda_toolkit_version 13.0.2 needs NVIDIA driver 580.65.06 or later",
+        "or pin a CUDA 12.8 release for driver 570.86.15",
+        "cuda_toolkit_nccl_version 2.26.2 has no build for CUDA 13",
+    ],
+    "docker_too_old_for_cdi": ["nvidia_container_toolkit_mode cdi needs Docker 25.0.0 or later"],
+    # Keys, placeholders, privilege escalation.
+    "ssh_key_garbage": ["cluster_admin_users[ops].ssh_keys[0] (ssh-ed25519 ... ops@laptop) does not parse"],
+    "ssh_key_rsa_short": ["is an RSA key of 2048 bits: at least 3072 are needed"],
+    "placeholder_values": [
+        "common_ntp_servers[0] is 'ntp1.corp.example', a name under .example",
+        "host gpu2: ansible_host is 192.0.2.22, a documentation address",
+    ],
+    "become_defeated": ["ansible_become is false in the inventory: it outranks the plays' `become: true`"],
 }
 
 
@@ -118,15 +173,113 @@ def test_unsupported_os_is_refused_before_changes(probe_host: str):
     assert "Debian 12" in messages and "Ubuntu 22.04/24.04" in messages
 
 
-@pytest.mark.parametrize("site", ["example", "lab"])
+def test_a_pasted_private_key_is_refused_without_echoing_it(tmp_path: Path):
+    private = (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n"
+        "-----END OPENSSH PRIVATE KEY-----"
+    )
+    overlay = tmp_path / "private_key.yml"
+    overlay.write_text(f"all:\n  vars:\n    cluster_admin_users:\n      - name: ops\n        ssh_keys: [{private!r}]\n")
+    run = _run(BASE, overlay)
+    _assert_refused_before_any_host(run, "cluster_admin_users[ops].ssh_keys[0] is a PRIVATE key (not shown)")
+    assert "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ" not in run.stdout + run.stderr
+
+
+def test_layer_playbook_alone_refuses_bad_input():
+    """Each layer playbook imports preflight: run alone, it stops before touching a host."""
+    for layer in ("base", "gpu", "serving", "edge", "observability", "security/firewall"):
+        run = run_playbook(
+            ROOT / "playbooks" / f"{layer}.yml",
+            BASE,
+            "-i",
+            str(INVENTORIES / "rule_port.yml"),
+            env={"ANSIBLE_CACHE_PLUGIN": "memory"},
+            timeout=300,
+        )
+        _assert_refused_before_any_host(run, "node_exporter_port is 70000")
+
+
+def test_example_is_refused_only_for_its_placeholders():
+    """inventories/example as shipped: every problem is a placeholder to replace, nothing else."""
+    run = run_playbook(
+        ROOT / "playbooks" / "preflight.yml",
+        ROOT / "inventories" / "example",
+        "--skip-tags",
+        "preflight_hosts",
+        env={"ANSIBLE_CACHE_PLUGIN": "memory"},
+    )
+    assert run.rc != 0
+    problems = [p for msgs in run.failures().values() for m in msgs for p in m.split("\n  - ")[1:]]
+    assert len(problems) >= 8, problems
+    assert all("placeholder" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("site", ["lab"])
 def test_shipped_inventories_are_valid(site: str):
-    """The example site (what operators copy) and the lab pass every inventory check."""
+    """The lab passes every inventory check."""
     inventory = ROOT / "inventories" / site
     if site == "lab" and not (inventory / "hosts.yml").exists():
         pytest.skip("the lab inventory is written by `scripts/lab up`")
     extra = ["--skip-tags", "preflight_hosts"]
     if site == "lab":
-        extra += ["--vault-password-file", str(ROOT / ".lab" / "vault-pass")]
+        extra += ["--vault-password-file", str(VAULT_PASS)]
     run = run_playbook(ROOT / "playbooks" / "preflight.yml", inventory, *extra, env={"ANSIBLE_CACHE_PLUGIN": "memory"})
     assert run.rc == 0, run.failures() or run.stderr[-2000:]
     assert run.total("unreachable") == 0
+
+
+def test_a_site_copied_from_the_example_as_the_readme_says_passes(tmp_path: Path):
+    """README "Pointing it at real hosts", steps 1-3, then preflight with every role's checks:
+    the documented path gives an inventory preflight accepts (hosts are not contacted)."""
+    site = tmp_path / "mysite"
+    shutil.copytree(ROOT / "inventories" / "example", site)
+    hosts = site / "hosts.yml"
+    text = hosts.read_text()
+    for old, new in (("198.51.100.10", "10.255.1.10"), ("192.0.2.21", "10.255.2.21"),
+                     ("192.0.2.22", "10.255.2.22"), ("203.0.113.31", "10.255.3.31")):  # fmt: skip
+        text = text.replace(old, new)
+    hosts.write_text(text)
+    cluster = site / "group_vars" / "all" / "cluster.yml"
+    data = yaml.safe_load(cluster.read_text())
+    data["cluster_admin_networks"] = ["10.255.0.0/24"]
+    for user in data["cluster_admin_users"]:
+        user["ssh_keys"] = [ADMIN_KEY]
+    cluster.write_text(yaml.safe_dump(data))
+    base = site / "group_vars" / "all" / "base.yml"
+    base.write_text("common_ntp_servers: [ntp1.corp.internal]\ncommon_apt_proxy: ''\n")
+    example = (site / "group_vars" / "all" / "secrets.vault.yml.example").read_text()
+    filled = re.sub("REPLACE_ME", lambda _: secrets.token_hex(24), example)
+    (site / "group_vars" / "all" / "secrets.vault.yml").write_text(filled)
+    vault_pass = tmp_path / "vault-pass"
+    vault_pass.write_text(secrets.token_hex(16))
+    vault = Path(sys.executable).with_name("ansible-vault")
+    encrypt = [str(vault), "encrypt", "--vault-password-file", str(vault_pass)]
+    subprocess.run([*encrypt, str(site / "group_vars" / "all" / "secrets.vault.yml")], check=True, capture_output=True)
+    run = run_playbook(
+        ROOT / "playbooks" / "preflight.yml",
+        site,
+        "--vault-password-file",
+        str(vault_pass),
+        "--skip-tags",
+        "preflight_hosts",
+        "-e",
+        "preflight_roles=all",
+        env={"ANSIBLE_CACHE_PLUGIN": "memory"},
+    )
+    assert run.rc == 0, run.failures() or run.stderr[-2000:]
+
+
+def test_a_role_run_alone_refuses_a_value_that_breaks_its_rules(tmp_path: Path):
+    """Without preflight, the role's first task checks its settings against the same rules."""
+    play = tmp_path / "alone.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role: {name: ssh_hardening}\n"
+        "      vars: {ssh_hardening_max_auth_tries: 50, ssh_hardening_login_grace_time: 30}\n"
+    )
+    run = run_playbook(play, "localhost,", "-c", "local", env={"ANSIBLE_CACHE_PLUGIN": "memory"}, timeout=300)
+    assert run.rc != 0
+    messages = " ".join(m for msgs in run.failures().values() for m in msgs)
+    assert "ssh_hardening_max_auth_tries is 50: it must be at most 10" in messages
+    assert "login_grace_time" not in messages, "a satisfied rule was listed"
+    assert run.total("changed") == 0

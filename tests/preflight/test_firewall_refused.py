@@ -3,16 +3,13 @@ before any host is contacted (the hosts here do not exist; only the controller r
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from toolkit.ansible_run import run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from toolkit.ansible_run import run_playbook  # noqa: E402
-
 PREFLIGHT = ROOT / "playbooks" / "preflight.yml"
 SERVICES = {
     "ssh": {"port": 22, "protocol": "tcp", "group": "all"},
@@ -26,24 +23,28 @@ FLOWS = [
 ]
 
 
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBw/I6Cctv/B9P3JJYSawPlSi/edHCbmNaFGZHZW/oSk ops"
+
+
 def inventory(tmp_path: Path, **overrides) -> Path:
     variables = {
         "cluster_name": "preflight-test",
         "cluster_zones": ["dmz", "app", "data"],
         "cluster_admin_networks": ["10.20.0.0/24"],
-        "cluster_admin_users": [{"name": "ops", "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA ops"]}],
+        "cluster_admin_users": [{"name": "ops", "ssh_keys": [KEY]}],
         "cluster_services": SERVICES,
         "firewall_flows": FLOWS,
         **overrides,
     }
-    # Unreachable addresses (TEST-NET-3): a test that contacted a host would hang and fail.
+    # Unreachable addresses (never a documentation range: preflight refuses those as the
+    # example's placeholders): a test that contacted a host would time out and fail.
     data = {
         "all": {
             "vars": variables,
             "children": {
-                "dmz": {"hosts": {"edge1": {"ansible_host": "203.0.113.11"}}},
-                "app": {"hosts": {"gpu1": {"ansible_host": "203.0.113.21"}}},
-                "data": {"hosts": {"ops1": {"ansible_host": "203.0.113.31"}}},
+                "dmz": {"hosts": {"edge1": {"ansible_host": "10.255.113.11"}}},
+                "app": {"hosts": {"gpu1": {"ansible_host": "10.255.113.21"}}},
+                "data": {"hosts": {"ops1": {"ansible_host": "10.255.113.31"}}},
                 "edge": {"hosts": {"edge1": None}},
                 "gpu_nodes": {"hosts": {"gpu1": None}},
                 "ops": {"hosts": {"ops1": None}},

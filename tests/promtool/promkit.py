@@ -16,9 +16,10 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from labkit.layout import PROMETHEUS_TOOLS
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = ROOT / ".cache" / "prometheus-tools"
+TOOLS = PROMETHEUS_TOOLS
 PACKAGES = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}
 
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import ansible.module_utils
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Modules import `ansible.module_utils.<name>`; Ansible finds those in plugins/module_utils
 # (ansible.cfg), the tests through the package path.
 if str(ROOT / "plugins" / "module_utils") not in ansible.module_utils.__path__:

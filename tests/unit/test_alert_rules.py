@@ -21,15 +21,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_nvml_metrics import FakeGpu, FakeNvml
+
+from tests.promtool import promkit
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMTOOL_TESTS = ROOT / "tests" / "promtool"
-sys.path.insert(0, str(PROMTOOL_TESTS))
-sys.path.insert(0, str(Path(__file__).parent))
-
-import promkit  # noqa: E402
-from fake_nvml_metrics import FakeGpu, FakeNvml  # noqa: E402
-
 ALWAYS_FIRING = {"Watchdog"}
 TEST_FILES = sorted(PROMTOOL_TESTS.glob("*.test.yml"))
 

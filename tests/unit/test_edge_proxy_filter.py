@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from ansible.errors import AnsibleFilterError
+from conftest import load_plugin
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "filter"))
-from edge_proxy import edge_proxy_api_key_entries, edge_proxy_endpoints
+_filter = load_plugin("plugins/filter/edge_proxy.py")
+edge_proxy_api_key_entries = _filter.edge_proxy_api_key_entries
+edge_proxy_endpoints = _filter.edge_proxy_endpoints
 
 
 def _ep(**kw):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import jinja2
@@ -11,8 +10,7 @@ import yaml
 from conftest import load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "plugins" / "filter"))
-import firewall_policy as fp  # noqa: E402
+fp = load_plugin("plugins/filter/firewall_policy.py")
 
 SERVICES = yaml.safe_load((ROOT / "inventories/lab/group_vars/all/services.yml").read_text())["cluster_services"]
 ADMIN = ["172.31.242.1/32"]

@@ -3,14 +3,12 @@ the boot/apply/rollback script (roles/firewall/files/cluster-firewall), on iptab
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from conftest import load_plugin
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "plugins" / "modules"))
-import firewall_ruleset as fr  # noqa: E402
+fr = load_plugin("plugins/modules/firewall_ruleset.py")
 
 script = load_plugin("roles/firewall/files/cluster-firewall")
 

@@ -91,3 +91,80 @@ def test_duplicate_addresses_and_message_grouping():
     ]
     merged = check.merge_host_messages(["host a: X", "host b: X", "group bad", "host a: Y"])
     assert merged == ["hosts a, b: X", "group bad", "host a: Y"]
+
+
+TABLE = check.yaml.safe_load((ROOT / "roles" / "preflight" / "files" / "compatibility.yml").read_text())
+DEFAULT_PINS = {k: v for k, v in check.load_defaults(ROOT / "roles").items() if k in check.PINS}
+
+
+def test_the_shipped_pins_work_together():
+    assert check.check_compatibility(DEFAULT_PINS, TABLE) == []
+
+
+def test_cuda_on_a_too_old_driver_names_the_nearest_working_pair():
+    errors = check.check_compatibility({**DEFAULT_PINS, "nvidia_driver_version": "560.35.03"}, TABLE)
+    assert errors == [
+        "cuda_toolkit_version 13.0.2 needs NVIDIA driver 580.65.06 or later (CUDA 13), but nvidia_driver_version "
+        "is 560.35.03: raise nvidia_driver_version to 580.65.06, or pin a CUDA 12.6 release for driver 560.35.03"
+    ]
+
+
+def test_libraries_and_docker_pins_against_the_table():
+    pins = {**DEFAULT_PINS, "cuda_toolkit_cudnn_version": "9.10.2.21", "cuda_toolkit_nccl": False,
+            "cuda_toolkit_nccl_version": "2.20.5", "container_runtime_package_source": "docker_ce",
+            "container_runtime_docker_ce_version": "24.0.9", "nvidia_container_toolkit_mode": "cdi"}  # fmt: skip
+    errors = check.check_compatibility(pins, TABLE)
+    assert len(errors) == 2
+    assert "cuda_toolkit_cudnn_version 9.10.2.21 has no build for CUDA 13" in errors[0]
+    assert "needs Docker 25.0.0 or later" in errors[1]
+    assert check.check_compatibility({**pins, "nvidia_container_toolkit_mode": "auto"}, TABLE) == errors[:1]
+
+
+def test_unknown_cuda_major_is_named():
+    assert (
+        "CUDA 11 is not in the compatibility table"
+        in check.check_compatibility({"cuda_toolkit_version": "11.8.0", "nvidia_driver_version": "580.95.05"}, TABLE)[0]
+    )
+
+
+def test_admin_keys_accepted_and_refused():
+    good = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBw/I6Cctv/B9P3JJYSawPlSi/edHCbmNaFGZHZW/oSk ops"
+    assert check.check_ssh_key("k", good) is None
+    assert "does not parse" in check.check_ssh_key("k", "ssh-ed25519 AAAAC3Nz ops")
+    leaked = "-----BEGIN OPENSSH PRIVATE KEY-----\nsecretbody\n-----END OPENSSH PRIVATE KEY-----"
+    message = check.check_ssh_key("k", leaked)
+    assert "PRIVATE key (not shown)" in message and "secretbody" not in message
+
+
+def test_placeholders_of_the_example_are_named():
+    assert check.check_placeholders("ansible_host", "198.51.100.10")
+    assert check.check_placeholders("common_ntp_servers", ["ntp1.corp.example"])
+    assert check.check_placeholders("ansible_host", "10.0.0.5") == []
+    secret = check.check_placeholders("cluster_secrets", {"a": "REPLACE_ME", "b": "x.corp.example"})
+    assert secret == ["cluster_secrets.a still holds the example's placeholder: "
+                      "it is a placeholder from inventories/example: replace it with your site's value"]  # fmt: skip
+
+
+def test_inventory_become_false_is_refused():
+    assert "outranks the plays' `become: true`" in check.check_connection({"ansible_become": False})[0]
+    assert check.check_connection({"ansible_become": True}) == []
+
+
+def test_vault_raft_group_size_keyholders_and_threshold():
+    key = (ROOT / "tests/fixtures/pgp/test-keyholder.pub.asc").read_text()
+    good = {"vault_keyholders": [{"name": "a", "pgp_public_key": key}, {"name": "b", "pgp_public_key": key}]}
+    three = {"all": ["v1", "v2", "v3"], "vault": ["v1", "v2", "v3"]}
+    assert check.check_vault({h: good for h in three["all"]}, three) == ([], [])
+    assert check.check_vault({"x": {}}, {"all": ["x"]}) == ([], [])
+    one = {"all": ["v1"], "vault": ["v1"]}
+    errors, warnings = check.check_vault({"v1": good}, one)
+    assert errors == [] and "no failover" in warnings[0]
+    two = {"all": ["v1", "v2"], "vault": ["v1", "v2"]}
+    bad = {"vault_key_threshold": 3, "vault_keyholders": [{"name": "a", "pgp_public_key": "ssh-ed25519 AAAA"}]}
+    errors, _ = check.check_vault({"v1": bad, "v2": bad}, two)
+    assert any("raft needs an odd number" in e for e in errors)
+    assert any("'a': pgp_public_key is not an ASCII-armored" in e for e in errors)
+    assert any("vault_key_threshold is 3: it must be at most the number of keyholders (1)" in e for e in errors)
+    renamed = {"all": ["v1", "v2", "v3"], "secrets": ["v1", "v2", "v3"]}
+    moved = {h: {**good, "vault_group": "secrets"} for h in renamed["all"]}
+    assert check.check_vault(moved, renamed) == ([], [])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
-from labkit import secrets, topology
+from labkit import layout, secrets, topology
 from labkit.shell import LabError, run
 
 TOPOLOGY = ROOT / "inventories" / "lab" / "topology.yml"
@@ -51,3 +51,17 @@ def test_secrets_are_generated_once_and_kept(tmp_path, monkeypatch):
     secrets.ensure_secrets(tmp_path / "pass", tmp_path / "s.yml", ansible_vault=vault)
     plain = run([vault, "view", "--vault-password-file", str(tmp_path / "pass"), str(tmp_path / "s.yml")]).stdout
     assert yaml.safe_load(plain)["cluster_secrets"] == {"one": "first", "two": "second", "three": "third"}
+
+
+def test_lab_and_molecule_make_hosts_from_one_systemd_recipe():
+    """The lab's `docker run` options and molecule's create.yml both come from systemd-host.yml."""
+    recipe = yaml.safe_load(layout.SYSTEMD_HOST_RECIPE.read_text())
+    argv = layout.systemd_run_args()
+    pairs = set(zip(argv[::2], argv[1::2], strict=True))
+    assert {("--cap-add", c) for c in recipe["capabilities"]} <= pairs
+    assert ("--cgroupns", "host") in pairs
+    assert {("--tmpfs", t) for t in recipe["tmpfs"]} | {("--volume", v) for v in recipe["volumes"]} <= pairs
+    assert "--privileged" not in argv  # runc refuses it without CAP_SYS_RESOURCE
+    create = (ROOT / "molecule" / "shared" / "create.yml").read_text()
+    assert "scripts/labkit/systemd-host.yml" in create
+    assert "SYS_ADMIN" not in create  # no second copy of the recipe

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 from fake_nvml_metrics import FAIL, NOT_SUPPORTED, FakeGpu, FakeNvml
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.promtool import promkit
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "promtool"))
-import promkit  # noqa: E402
 
 DIGEST = "sha256:" + "ab" * 32
 REGISTRY = "registry.example.internal:5000"

@@ -3,7 +3,7 @@ and from the controller (molecule's own `docker exec` connection is used only to
 and to look at the rules).
 
 The tests run in file order: the zone matrix, the SSH rate limit, the refusals, the rollback
-over real SSH, drift, Docker restarts and a host restart.
+over real SSH, Docker restarts and a host restart (drift and its repair: tests/lab/test_20_firewall.py).
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "scripts"))
 from toolkit import netprobe
 from toolkit.ansible_run import run_playbook
 
@@ -214,36 +211,6 @@ def test_lockout_policy_with_guard_off_is_rolled_back_over_real_ssh():
     status = json.loads(sh("fw-ops", "/usr/local/sbin/cluster-firewall status").stdout)
     assert status["pending"] is False and "not confirmed" in status["rolled_back"]["reason"]
     print(f"lock-out run with rollback took {took:.0f}s")
-
-
-def test_check_diff_shows_drift_and_a_role_run_repairs_it(listeners):
-    """A deleted rule and a deleted DOCKER-USER jump: shown by --check --diff, repaired by --tags."""
-    rule = '-s 172.30.4.31/32 -p tcp -m tcp --dport 3903 -m comment --comment "monitoring: edge_metrics" -j ACCEPT'
-    sh("fw-edge", f"iptables -D CLUSTER-FW-INPUT {rule}")
-    sh("fw-gpu", "iptables -D DOCKER-USER -j CLUSTER-FW-DOCKER")
-    # Without the jump, the published port is open to anyone: INPUT never sees it.
-    assert probe_from("fw-client", [(ADDRESS["fw-gpu"], 8000)]) == {(ADDRESS["fw-gpu"], 8000): "open"}
-    assert probe_from("fw-ops", [(ADDRESS["fw-edge"], 3903)]) == {(ADDRESS["fw-edge"], 3903): "timeout"}
-
-    check = run_playbook(SCENARIO / "converge.yml", INVENTORY, "--check", "--diff", "--tags", "firewall", env=ENV)
-    assert check.rc == 0, check.stdout[-3000:]
-    compare = "firewall : Firewall | Compare the rules in force with the policy"
-    assert check.changed_tasks() == {"fw-edge": [compare], "fw-gpu": [compare]}
-    diffs = {
-        host: json.dumps(res.get("diff"))
-        for play in check.data["plays"]
-        for task in play["tasks"]
-        if task["task"]["name"] == compare
-        for host, res in task["hosts"].items()
-        if res.get("changed")
-    }
-    assert "--dport 3903" in diffs["fw-edge"] and "-A DOCKER-USER -j CLUSTER-FW-DOCKER" in diffs["fw-gpu"]
-    assert probe_from("fw-client", [(ADDRESS["fw-gpu"], 8000)])[(ADDRESS["fw-gpu"], 8000)] == "open"  # unchanged
-
-    fix = run_playbook(SCENARIO / "converge.yml", INVENTORY, "--tags", "firewall", "--limit", "fw-edge,fw-gpu", env=ENV)
-    assert fix.rc == 0, fix.stdout[-3000:]
-    assert set(fix.changed_tasks()) == {"fw-edge", "fw-gpu"}
-    assert matrix(["fw-client", "fw-ops"], ["fw-edge", "fw-gpu"]) == []
 
 
 def test_removing_a_flow_removes_its_rules_and_putting_it_back_restores_them(listeners):

@@ -15,18 +15,15 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import testinfra
+from ansible.parsing.vault import VaultLib, VaultSecret
+from toolkit.ansible_run import PlaybookRun, run_playbook
 
 ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-sys.path.insert(0, str(ROOT / "scripts"))
-from ansible.parsing.vault import VaultLib, VaultSecret  # noqa: E402
-from toolkit.ansible_run import PlaybookRun, run_playbook  # noqa: E402
-
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 SCENARIO = Path(__file__).resolve().parents[1]
 INVENTORY = EPHEMERAL / "inventory"

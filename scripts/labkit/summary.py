@@ -1,0 +1,128 @@
+"""`scripts/lab summary`: what `make lab` built and how to use it, checked, not assumed.
+
+It calls the endpoint through the edge with a lab API key (and says what answered), prints
+the same request as `curl` lines (plain and streamed), lists each console with its URL,
+and says what the lab does not install and why.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import ssl
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import secrets, topology
+from .shell import run
+
+# Lab consoles worth a URL, by service catalogue name.
+CONSOLES = {
+    "prometheus": "Prometheus (targets, alerts, queries)",
+    "alertmanager": "Alertmanager (alert groups, silences)",
+    "grafana": "Grafana (dashboards)",
+}
+
+# What the lab's containers cannot have, and so does not install (docs/testing.md).
+NOT_IN_THE_LAB = [
+    ("NVIDIA driver, CUDA/NCCL, container toolkit, GPU validation",
+     "no NVIDIA device in a container: the GPU roles find none and skip (docs/gpu/ has real-GPU runs)"),
+    ("TensorRT-LLM", "NGC images cannot be pulled here: serving runs the trtllm-serve TEST DOUBLE "
+     "(tests/doubles/trtllm-standin) through the same role"),
+    ("dcgm-exporter", "an NGC image; the nvml_collector role covers GPU metrics on real hosts"),
+    ("LUKS volumes", "no device-mapper in a container: exercised in the QEMU VM (molecule/metal, docs/metal.md)"),
+]  # fmt: skip
+
+
+def _group_vars(inventory: Path, name: str) -> dict[str, Any]:
+    return yaml.safe_load((inventory / "group_vars" / "all" / name).read_text()) or {}
+
+
+def fetch_ca(topo: topology.Topology, host: str, pki_dir: str, dest: Path) -> Path | None:
+    """The internal CA certificate, copied from a lab host (every host has it after pki)."""
+    proc = run(["docker", "exec", topo.container(host), "cat", f"{pki_dir}/ca.crt"], check=False)
+    if proc.returncode != 0 or "BEGIN CERTIFICATE" not in proc.stdout:
+        return None
+    dest.write_text(proc.stdout)
+    return dest
+
+
+def try_request(url: str, key: str, body: dict[str, Any], cafile: Path) -> str:
+    """Send one chat request; say what answered (status, time, the model's words)."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    context = ssl.create_default_context(cafile=str(cafile))
+    began = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=15, context=context) as response:
+            answer = json.load(response)
+            took = time.monotonic() - began
+        words = answer["choices"][0]["message"]["content"]
+        return f"answered {response.status} in {took:.2f} s: {words[:70]!r}"
+    except urllib.error.HTTPError as exc:
+        return f"FAILED: HTTP {exc.code} {exc.read()[:200]!r}"
+    except (OSError, KeyError, ValueError) as exc:
+        return f"FAILED: {exc}"
+
+
+def show(topo: topology.Topology, inventory: Path, state: Path, vault_pass: Path, secrets_file: Path) -> None:
+    catalogue = _group_vars(inventory, "services.yml")["cluster_services"]
+
+    def hosts_of(service: str) -> list[topology.LabHost]:
+        group = catalogue[service]["group"]
+        return [h for h in topo.hosts if group == "all" or group in h.groups]
+
+    print("\nServices on the lab (from the service catalogue):")
+    for name, svc in catalogue.items():
+        ports = f"{svc['port']}-{svc['port_end']}" if "port_end" in svc else str(svc["port"])
+        where = ", ".join(f"{h.name} {h.address}" for h in hosts_of(name)) or "no host"
+        print(f"  {name:15} {svc.get('protocol', 'tcp')}/{ports:11} {where}")
+
+    edge = hosts_of("https")[0]
+    url = f"https://{edge.address}/v1/chat/completions"
+    instances = _group_vars(inventory, "serving.yml").get("llm_serving_instances", [])
+    model = instances[0]["model"] if instances else "MODEL"
+    api_keys = secrets.read_secrets(vault_pass, secrets_file).get("edge_api_keys", {})
+    client, key = next(iter(sorted(api_keys.items())), ("", ""))
+    key = key[-1] if isinstance(key, list) else key
+    ca = fetch_ca(topo, edge.name, "/etc/ssl/cluster", state / "ca.crt")
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 32}
+    print(f"\nThe endpoint: {url} (edge1, TLS 1.3 from the internal CA, API key of client {client!r})")
+    if ca is None:
+        print("  not converged yet (no CA certificate on the edge): run `make lab-converge` first")
+    else:
+        print(f"  tried it just now: {try_request(url, str(key), body, ca)}")
+        common = f"curl --cacert {shlex.quote(str(ca))} {url} -H {shlex.quote(f'Authorization: Bearer {key}')}"
+        print("  the same request:")
+        json_type = "-H 'Content-Type: application/json'"
+        print(f"    {common} {json_type} -d {shlex.quote(json.dumps(body))}")
+        print("  streamed (server-sent events, token by token):")
+        print(f"    {common} -N {json_type} -d {shlex.quote(json.dumps(body | {'stream': True}))}")
+        print(f"  other lab keys: ansible-vault view --vault-password-file {vault_pass} {secrets_file}")
+
+    observability = _group_vars(inventory, "observability.yml")
+    print("\nConsoles (reachable from this machine: the lab's admin network is its gateway):")
+    for name, what in CONSOLES.items():
+        if name == "grafana" and not observability.get("grafana_enabled", True):
+            print(f"  {what}: not installed in the lab (Grafana's apt repository cannot be reached from")
+            print("    here); its dashboards and provisioning are checked by tests/unit")
+            continue
+        for h in hosts_of(name)[:1]:
+            print(f"  {what}: http://{h.address}:{catalogue[name]['port']}/")
+    print("  Alert notifications: journalctl -u alert-log-receiver on the ops host (`scripts/lab ssh ops1`)")
+
+    print("\nNot installed in the lab, and why:")
+    for what, why in NOT_IN_THE_LAB:
+        print(f"  {what}: {why}")
+
+    print("\nDrift report (check mode, changes nothing):")
+    print(f"  scripts/drift_report.py -i inventories/lab -- --vault-password-file {vault_pass}")
+    print("Remove the lab: make lab-down")
