@@ -104,21 +104,36 @@ def failover() -> None:
     token = controller_token(others[0])
     docker(leader, "systemctl", "stop", UNIT)
     start = time.monotonic()
-    attempts = 0
-    while True:
+    attempts, seconds, elected, written = 0, None, None, None
+    while seconds is None or elected is None or written is None:
         attempts += 1
+        node = others[attempts % len(others)]
         try:
-            if api(others[attempts % len(others)], "GET", f"{SECRET}/app_token", token).status_code == 200:
-                break
+            if seconds is None and api(node, "GET", f"{SECRET}/app_token", token).status_code == 200:
+                seconds = round(time.monotonic() - start, 2)
+            if elected is None and any(api(n, "GET", "sys/health").status_code == 200 for n in others):
+                elected = round(time.monotonic() - start, 2)
+            body = {"data": {"value": "written during the failover"}}
+            if written is None and api(node, "POST", f"{SECRET}/failover_probe", token, json=body).status_code == 200:
+                written = round(time.monotonic() - start, 2)
         except requests.RequestException:
             pass
         if time.monotonic() - start > 30:
-            raise SystemExit(f"no read through {others} within 30 s of stopping {leader}")
+            raise SystemExit(f"{others} not serving within 30 s of stopping {leader}: read {seconds}, leader {elected}")
         time.sleep(0.1)
-    seconds = round(time.monotonic() - start, 2)
     docker(leader, "systemctl", "start", UNIT)
     restarted = time.time()
-    out("failover", {"stopped": leader, "read_ok_after_s": seconds, "bound_s": FAILOVER_BOUND_S, "attempts": attempts})
+    out(
+        "failover",
+        {
+            "stopped": leader,
+            "read_ok_after_s": seconds,
+            "new_leader_after_s": elected,
+            "write_ok_after_s": written,
+            "bound_s": FAILOVER_BOUND_S,
+            "attempts": attempts,
+        },
+    )
     Path(os.environ["DRILLS_DIR"], "restart-mark.json").write_text(json.dumps({"node": leader, "at": restarted}))
     sealed = api(leader, "GET", "sys/seal-status").json()["sealed"] if _answers(leader) else True
     if not sealed:
@@ -141,10 +156,7 @@ def joined() -> None:
     mark = json.loads(Path(os.environ["DRILLS_DIR"], "restart-mark.json").read_text())
     node = mark["node"]
     while True:
-        health = api(node, "GET", "sys/health").status_code
-        metrics = api(active(), "GET", "sys/metrics", params={"format": "prometheus"}).text
-        healthy = "vault_autopilot_healthy 1" in metrics
-        if health in (200, 429) and healthy:
+        if api(node, "GET", "sys/health").status_code in (200, 429) and _healthy_cluster():
             break
         if time.time() - mark["at"] > 120:
             raise SystemExit(f"{node} not back as a healthy voter 120 s after its restart")
@@ -191,8 +203,32 @@ def restore() -> None:
     reply = api(node, "POST", "sys/storage/raft/snapshot-force", root, data=snapshot)
     if reply.status_code not in (200, 204):
         raise SystemExit(f"restore refused: {reply.status_code} {reply.text}")
-    # The generated root token was made after the snapshot: the restore dropped it.
-    out("snapshot", {"saved_by_timer_service_on": node, "file": listing, "bytes": len(snapshot), "restored": True})
+    # The generated root token was made after the snapshot: the restore dropped it. The
+    # cluster serves again once a node is active and autopilot counts every voter healthy.
+    restored = time.monotonic()
+    while not _healthy_cluster():
+        if time.monotonic() - restored > 60:
+            raise SystemExit("the cluster is not healthy 60 s after the snapshot restore")
+        time.sleep(0.5)
+    out(
+        "snapshot",
+        {
+            "saved_by_timer_service_on": node,
+            "file": listing,
+            "bytes": len(snapshot),
+            "restored": True,
+            "healthy_again_after_s": round(time.monotonic() - restored, 2),
+        },
+    )
+
+
+def _healthy_cluster() -> bool:
+    try:
+        leader = active()
+        metrics = api(leader, "GET", "sys/metrics", params={"format": "prometheus"}).text
+    except (requests.RequestException, SystemExit):
+        return False
+    return "vault_autopilot_healthy 1" in metrics
 
 
 def main() -> int:

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -36,24 +37,26 @@ def docker(node: str, *argv: str) -> str:
 
 def lookup(*names: str, default: str | None = None) -> subprocess.CompletedProcess:
     """cluster_secret over AppRole and TLS, configured as an operator would (README)."""
-    opts = ", default='none'" if default is not None else ""
+    opts = (", default='none'" if default is not None else "") + (", wantlist=True" if len(names) > 1 else "")
     terms = ", ".join(repr(n) for n in names)
     extra = {
         "cluster_secrets_backend": "hashi_vault",
         "cluster_secrets": {"vault_escrow": "molecule-vault-test-escrow-passphrase"},
-        "escrow": str(ESCROW / "controller-approle.vault"),
+        "escrow": str(ESCROW / "controller-approle.json"),
+        "approle": "{{ (lookup('file', escrow) | from_json).ciphertext"
+        " | unvault(cluster_secrets.vault_escrow) | from_json }}",
         "cluster_secrets_hashi_vault_options": {
             "url": f"https://{NODES['vault2']}:8200",
             "ca_cert": CA,
             "auth_method": "approle",
-            "role_id": "{{ (lookup('file', escrow) | unvault(cluster_secrets.vault_escrow) | from_json).role_id }}",
-            "secret_id": "{{ (lookup('file', escrow) | unvault(cluster_secrets.vault_escrow) | from_json).secret_id }}",
+            "role_id": "{{ approle.role_id }}",
+            "secret_id": "{{ approle.secret_id }}",
         },
     }
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_STRATEGY": "linear",
            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"}  # fmt: skip
     return subprocess.run(
-        ["ansible", "localhost", "-c", "local", "-m", "ansible.builtin.debug",
+        ["ansible", "localhost", "-i", "localhost,", "-c", "local", "-m", "ansible.builtin.debug",
          "-a", f"msg={{{{ lookup('cluster_secret', {terms}{opts}) }}}}", "-e", json.dumps(extra)],
         capture_output=True, text=True, env=env, cwd=ROOT, check=False,
     )  # fmt: skip
@@ -61,7 +64,9 @@ def lookup(*names: str, default: str | None = None) -> subprocess.CompletedProce
 
 def _msg(proc: subprocess.CompletedProcess):
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    # The JSON result, between the lines other callbacks (timers) print around it.
+    result, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{") :])
+    return result["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
 
 
 def test_every_node_unsealed_one_active_two_standby():
@@ -70,10 +75,17 @@ def test_every_node_unsealed_one_active_two_standby():
 
 
 def test_the_raft_cluster_has_three_healthy_voters():
-    active = next(a for a in NODES.values() if api(a, "sys/health").status_code == 200)
-    metrics = api(active, "sys/metrics", params={"format": "prometheus"}).text
+    # Autopilot publishes its verdict every few seconds, on the active node only.
+    metrics = ""
+    for _ in range(30):
+        active = next((a for a in NODES.values() if api(a, "sys/health").status_code == 200), None)
+        metrics = api(active, "sys/metrics", params={"format": "prometheus"}).text if active else ""
+        if "vault_autopilot_healthy 1" in metrics:
+            break
+        time.sleep(1)
     assert "vault_raft_peers 3" in metrics
     assert "vault_autopilot_healthy 1" in metrics
+    assert all(f'vault_autopilot_node_healthy{{node_id="{n}"}} 1' in metrics for n in NODES)
 
 
 def test_the_cluster_was_initialised_once_with_pgp_encrypted_shares():
@@ -82,7 +94,8 @@ def test_the_cluster_was_initialised_once_with_pgp_encrypted_shares():
     assert escrow["keyholders"] == ["test-keyholder-1", "test-keyholder-2", "test-keyholder-3"]
     # Encrypted: each is an OpenPGP message, not a plain 32-byte share.
     assert all(len(k) > 200 for k in escrow["unseal_keys_pgp_b64"])
-    assert (ESCROW / "controller-approle.vault").read_text().startswith("$ANSIBLE_VAULT;1.2;AES256;vault_escrow")
+    approle = json.loads((ESCROW / "controller-approle.json").read_text())
+    assert approle["ciphertext"].startswith("$ANSIBLE_VAULT;1.2;AES256;vault_escrow")
 
 
 @pytest.mark.parametrize("address", NODES.values())
