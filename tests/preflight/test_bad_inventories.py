@@ -7,6 +7,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -247,6 +248,8 @@ def test_a_site_copied_from_the_example_as_the_readme_says_passes(tmp_path: Path
     cluster.write_text(yaml.safe_dump(data))
     base = site / "group_vars" / "all" / "base.yml"
     base.write_text("common_ntp_servers: [ntp1.corp.internal]\ncommon_apt_proxy: ''\n")
+    for settings in (site / "group_vars").rglob("*.yml"):  # the other names under .example
+        settings.write_text(settings.read_text().replace(".corp.example", ".corp.internal"))
     example = (site / "group_vars" / "all" / "secrets.vault.yml.example").read_text()
     filled = re.sub("REPLACE_ME", lambda _: secrets.token_hex(24), example)
     (site / "group_vars" / "all" / "secrets.vault.yml").write_text(filled)
