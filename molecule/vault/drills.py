@@ -7,6 +7,7 @@ non-zero, which fails the step.
 
   drills.py secrets     write the test secrets as the controller, issue the edge's AppRole
   drills.py failover    crash the active node; time until reads, a new leader, writes
+  drills.py failover L  the same, its result named L (a second failover, after a change)
   drills.py joined      time until the node restarted at MARK is unsealed and a healthy voter
   drills.py restore     snapshot (the timer's service), change a value, restore with a root
                         token generated from the TEST keyholders' shares (generate-root)
@@ -50,7 +51,8 @@ def api(node: str, method: str, path: str, token: str | None = None, **kwargs) -
 
 def login(node: str, role_id: str, secret_id: str) -> str:
     reply = api(node, "POST", "auth/approle/login", json={"role_id": role_id, "secret_id": secret_id})
-    reply.raise_for_status()
+    if not reply.ok:
+        raise requests.HTTPError(f"{node}: {reply.status_code} {reply.text.strip()}", response=reply)
     return reply.json()["auth"]["client_token"]
 
 
@@ -98,7 +100,7 @@ def secrets() -> None:
     out("secrets", {"written_through": node, "edge_approle": "issued by the controller"})
 
 
-def failover() -> None:
+def failover(label: str = "failover") -> None:
     leader = active()
     others = [n for n in nodes() if n != leader]
     token = controller_token(others[0])
@@ -128,7 +130,7 @@ def failover() -> None:
     docker(leader, "systemctl", "start", UNIT)
     restarted = time.time()
     out(
-        "failover",
+        label,
         {
             "stopped": leader,
             "read_ok_after_s": seconds,
@@ -158,7 +160,7 @@ def _answers(node: str) -> bool:
     return False
 
 
-def joined() -> None:
+def joined(label: str = "restart") -> None:
     mark = json.loads(Path(os.environ["DRILLS_DIR"], "restart-mark.json").read_text())
     node = mark["node"]
     while True:
@@ -168,7 +170,7 @@ def joined() -> None:
             raise SystemExit(f"{node} not back as a healthy voter 120 s after its restart")
         time.sleep(0.2)
     out(
-        "restart",
+        label,
         {"node": node, "sealed_at_start": True, "back_in_cluster_after_s": round(time.time() - mark["at"], 2)},
     )
 
@@ -240,7 +242,10 @@ def _healthy_cluster() -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("drill", choices=["secrets", "failover", "joined", "restore"])
-    {"secrets": secrets, "failover": failover, "joined": joined, "restore": restore}[parser.parse_args().drill]()
+    parser.add_argument("label", nargs="?", help="failover, joined: the name of the result (a drill run twice)")
+    args = parser.parse_args()
+    drill = {"secrets": secrets, "failover": failover, "joined": joined, "restore": restore}[args.drill]
+    drill(args.label) if args.label else drill()
     return 0
 
 

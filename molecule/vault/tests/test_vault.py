@@ -158,6 +158,18 @@ def test_the_audit_log_records_reads_with_the_secret_hmaced():
     assert APP_TOKEN_V1 not in logs
 
 
+@pytest.mark.parametrize("node", NODES)
+def test_the_renamed_audit_device_is_the_only_one_on_every_node(node: str):
+    config = docker(node, "cat", "/etc/openbao/openbao.hcl")
+    assert 'audit "file" "file-v2"' in config and "file-v1" not in config
+
+
+def test_a_new_leader_took_over_with_the_renamed_audit_device():
+    failover = json.loads((DRILLS / "failover-audit-renamed.json").read_text())
+    assert failover["write_ok_after_s"] <= failover["bound_s"]
+    assert json.loads((DRILLS / "restart-audit-renamed.json").read_text())["node"] == failover["stopped"]
+
+
 def test_snapshots_are_kept_on_the_node_for_the_backup_layer():
     listing = "stat -c '%U %a %s %n' /var/backups/openbao/raft-*.snap 2>/dev/null || true"
     files = [line for n in NODES for line in docker(n, "sh", "-c", listing).splitlines()]
