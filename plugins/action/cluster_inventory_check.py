@@ -29,11 +29,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 
-def _load_engine() -> Any:
+def _load_engine(path: Path | None = None, name: str = "llm_cluster_value_rules") -> Any:
     """The value rules engine lives in the `value_rules` action beside this file (Ansible loads
-    plugins by path, so it is imported by path too)."""
-    path = Path(__file__).with_name("value_rules.py")
-    spec = importlib.util.spec_from_file_location("llm_cluster_value_rules", path)
+    plugins by path, so it is imported by path too); the vault role's PGP key checks in the
+    `vault_pgp` filter."""
+    path = path or Path(__file__).with_name("value_rules.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -41,6 +42,7 @@ def _load_engine() -> Any:
 
 
 value_rules = _load_engine()
+vault_pgp = _load_engine(Path(__file__).parents[1] / "filter" / "vault_pgp.py", "llm_cluster_vault_pgp")
 
 # Variables Ansible itself defines or that connection plugins read; never role inputs.
 MAGIC_PREFIXES = ("ansible_", "molecule_", "lab_", "_")
@@ -453,6 +455,39 @@ def check_admins(hostvars_of: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def check_vault(hostvars: Mapping[str, Any], groups: Mapping[str, list[str]]) -> tuple[list[str], list[str]]:
+    """The secrets store's raft group and keyholders (roles/vault): an odd number of nodes, at
+    least 3 (1 for a lab, with a warning), every keyholder's PGP public key parseable, the
+    unseal threshold within the number of shares (one per keyholder). Errors, warnings."""
+    named = {str(hostvars[h]["vault_group"]) for h in groups.get("all", []) if "vault_group" in hostvars[h]}
+    group_name = sorted(named)[0] if named else "vault"
+    nodes = list(groups.get(group_name, []))
+    if not nodes:
+        return [], []
+    errors, warnings = [], []
+    if len(nodes) == 1:
+        warnings.append(
+            f"group '{group_name}' has one host ({nodes[0]}): no failover. Fine for a lab; "
+            "use 3 or 5 nodes on a real site"
+        )
+    elif len(nodes) < 3 or len(nodes) % 2 == 0:
+        errors.append(
+            f"group '{group_name}' has {len(nodes)} hosts ({', '.join(nodes)}): raft needs an odd number, at "
+            "least 3 (1 for a lab), so that a majority survives a lost node"
+        )
+    first = hostvars[nodes[0]]
+    keyholders = first.get("vault_keyholders", [])
+    errors += vault_pgp.vault_keyholder_problems(keyholders, None)
+    threshold = first.get("vault_key_threshold", 2)
+    shares = len(keyholders) if isinstance(keyholders, list) else 0
+    if isinstance(threshold, int) and shares and threshold > shares:
+        errors.append(
+            f"vault_key_threshold is {threshold}: it must be at most the number of keyholders ({shares}), "
+            "one share each; add keyholders or lower the threshold"
+        )
+    return errors, warnings
+
+
 # Inventory-level connection settings that defeat the plays' `become: true`: an inventory
 # variable outranks a play keyword.
 def check_connection(hostvars_of: Mapping[str, Any]) -> list[str]:
@@ -625,8 +660,12 @@ class ActionModule(ActionBase):
                 addresses[host] = str(host_vars.get("ansible_host", host))
                 errors += [f"host {host}: {msg}" for msg in check_placeholders("ansible_host", addresses[host])]
         errors += check_addresses(addresses)
+        vault_errors, vault_warnings = check_vault(hostvars, groups)
+        errors += vault_errors
         errors = merge_host_messages(errors, groups)
         result["changed"] = False
+        if vault_warnings:
+            result["warnings"] = vault_warnings
         result["problems"] = errors
         if errors:
             result["failed"] = True

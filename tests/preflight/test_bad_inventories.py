@@ -61,6 +61,12 @@ CASES = {
     "duplicate_address": ["hosts gpu1 and gpu2 share ansible_host preflight-absent-gpu1"],
     "bad_service": ["cluster_services.metrics: port 70000", "cluster_services.vault: group 'vault_servers'"],
     "removed_variable": ["variable common_ntp_server was removed: use common_ntp_servers (a list)"],
+    "vault_cluster": [
+        "vault_keyholders 'alice': pgp_public_key is not an ASCII-armored PGP public key",
+        "vault_keyholders 'bob': pgp_public_key is not an ASCII-armored",
+        "vault_key_threshold is 3",
+        "group 'vault' has 2 hosts (ops1, gpu1): raft needs an odd number",
+    ],
     # Value rules (meta/value_rules.yml): only the broken rule, with the value and the fix.
     "rule_range": [
         "ssh_hardening_max_auth_tries is 50: it must be at most 10. Fix: set it to a value that is 1 to 10",

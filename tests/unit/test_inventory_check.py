@@ -148,3 +148,23 @@ def test_placeholders_of_the_example_are_named():
 def test_inventory_become_false_is_refused():
     assert "outranks the plays' `become: true`" in check.check_connection({"ansible_become": False})[0]
     assert check.check_connection({"ansible_become": True}) == []
+
+
+def test_vault_raft_group_size_keyholders_and_threshold():
+    key = (ROOT / "tests/fixtures/pgp/test-keyholder.pub.asc").read_text()
+    good = {"vault_keyholders": [{"name": "a", "pgp_public_key": key}, {"name": "b", "pgp_public_key": key}]}
+    three = {"all": ["v1", "v2", "v3"], "vault": ["v1", "v2", "v3"]}
+    assert check.check_vault({h: good for h in three["all"]}, three) == ([], [])
+    assert check.check_vault({"x": {}}, {"all": ["x"]}) == ([], [])
+    one = {"all": ["v1"], "vault": ["v1"]}
+    errors, warnings = check.check_vault({"v1": good}, one)
+    assert errors == [] and "no failover" in warnings[0]
+    two = {"all": ["v1", "v2"], "vault": ["v1", "v2"]}
+    bad = {"vault_key_threshold": 3, "vault_keyholders": [{"name": "a", "pgp_public_key": "ssh-ed25519 AAAA"}]}
+    errors, _ = check.check_vault({"v1": bad, "v2": bad}, two)
+    assert any("raft needs an odd number" in e for e in errors)
+    assert any("'a': pgp_public_key is not an ASCII-armored" in e for e in errors)
+    assert any("vault_key_threshold is 3: it must be at most the number of keyholders (1)" in e for e in errors)
+    renamed = {"all": ["v1", "v2", "v3"], "secrets": ["v1", "v2", "v3"]}
+    moved = {h: {**good, "vault_group": "secrets"} for h in renamed["all"]}
+    assert check.check_vault(moved, renamed) == ([], [])
