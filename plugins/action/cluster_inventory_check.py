@@ -6,13 +6,15 @@ It runs once, connects to no host, and checks:
   * removed variables are gone (with the migration hint);
   * every role variable set in the inventory exists in that role's meta/argument_specs.yml
     (a misspelling gets a "did you mean"), and has the type the spec says;
-  * cluster-wide `cluster_*` variables against preflight's own spec.
+  * cluster-wide `cluster_*` variables against preflight's own spec;
+  * operator-provided certificates (pki) parse, are not expiring and match their keys.
 All problems are reported together, each naming the host, the variable and the fix.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import difflib
 import importlib.util
 import ipaddress
@@ -25,8 +27,15 @@ import yaml
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+    load_ssh_public_key,
+)
 
 
 def _load_engine(path: Path | None = None, name: str = "llm_cluster_value_rules") -> Any:
@@ -538,6 +547,84 @@ def check_secrets(
     return missing
 
 
+def _public_der(key: Any) -> bytes:
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def check_provided_certificates(
+    hostvars_of: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    now: datetime.datetime | None = None,
+) -> list[str]:
+    """pki_certificates entries with `provider: provided`: the chain parses as PEM X.509, the
+    leaf (first) is not expired nor inside pki's renewal window, and the key in the secret named
+    by private_key_secret parses and matches the leaf. The key is read only from an ansible_vault
+    `cluster_secrets` that holds it (a missing secret is check_secrets' to report; another
+    backend is not read here); no key or secret value is ever put in a message."""
+    certificates = hostvars_of.get("pki_certificates")
+    if not isinstance(certificates, list):
+        return []
+    now = now or datetime.datetime.now(datetime.UTC)
+    window = hostvars_of.get("pki_renew_before_days", defaults.get("pki_renew_before_days", 30))
+    try:
+        window = int(window)
+    except (TypeError, ValueError):
+        window = 30  # a wrong type is reported by the type check
+    store: Any = {}
+    if hostvars_of.get("cluster_secrets_backend", "ansible_vault") == "ansible_vault":
+        store = hostvars_of.get("cluster_secrets") or {}
+    store = store if isinstance(store, Mapping) else {}
+    errors = []
+    for i, entry in enumerate(certificates):
+        if not isinstance(entry, Mapping) or entry.get("provider") != "provided":
+            continue
+        where = f"pki_certificates[{entry.get('name', i)}]"
+        pem = entry.get("certificate")
+        try:
+            chain = x509.load_pem_x509_certificates(str(pem or "").encode())
+        except ValueError:
+            chain = []
+        if not chain:
+            errors.append(
+                f"{where}.certificate does not parse as a PEM X.509 certificate chain: paste the certificate "
+                "(-----BEGIN CERTIFICATE----- ...), leaf first, then its intermediates"
+            )
+            continue
+        leaf = chain[0]
+        subject = leaf.subject.rfc4514_string() or "no subject"
+        not_after = leaf.not_valid_after_utc
+        expiry = not_after.strftime("%Y-%m-%d %H:%M UTC")
+        if not_after <= now:
+            errors.append(
+                f"{where}.certificate ({subject}) expired on {expiry} (notAfter): get it renewed and paste the new one"
+            )
+        elif not_after - now <= datetime.timedelta(days=window):
+            errors.append(
+                f"{where}.certificate ({subject}) expires on {expiry} (notAfter), within pki_renew_before_days "
+                f"({window} days): get it renewed and paste the new one"
+            )
+        secret = entry.get("private_key_secret")
+        if not secret or str(secret) not in store:
+            continue
+        value = store[str(secret)]
+        try:
+            key = None if isinstance(value, (Mapping, list)) else load_pem_private_key(str(value).encode(), None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: the key is encrypted
+            key = None
+        if key is None:
+            errors.append(
+                f"{where}.private_key_secret: secret '{secret}' (value not shown) does not parse as an unencrypted "
+                "PEM private key: store the certificate's key, -----BEGIN PRIVATE KEY----- ..., in that secret"
+            )
+        elif _public_der(key.public_key()) != _public_der(leaf.public_key()):
+            errors.append(
+                f"{where}.private_key_secret: the key in secret '{secret}' (not shown) does not match the public key "
+                f"of the certificate ({subject}): store the key the certificate was issued for, or paste the "
+                "certificate of this key"
+            )
+    return errors
+
+
 def _group_of(hosts: list[str], groups: Mapping[str, list[str]]) -> str | None:
     """The group whose hosts are exactly these (several hosts only; `all` first, then the
     smallest group name), or None."""
@@ -656,6 +743,8 @@ class ActionModule(ActionBase):
                     "group_vars/all/secrets.vault.yml (secrets.vault.yml.example says how to generate it; "
                     "`ansible-vault edit` the file)"
                 )
+            if "pki" in check_roles:
+                errors += [f"host {host}: {msg}" for msg in check_provided_certificates(host_vars, defaults)]
             if host_vars.get("ansible_connection", "ssh") != "local":
                 addresses[host] = str(host_vars.get("ansible_host", host))
                 errors += [f"host {host}: {msg}" for msg in check_placeholders("ansible_host", addresses[host])]
