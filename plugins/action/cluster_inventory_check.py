@@ -279,8 +279,9 @@ def check_admin_keys(users: Any) -> list[str]:
 
 # What inventories/example ships for the operator to replace: marked names, names under the
 # .example top-level domain (RFC 2606: they never resolve), documentation addresses
-# (RFC 5737, RFC 3849) as host addresses or admin networks.
-_PLACEHOLDER = re.compile(r"ReplaceWith|REPLACE[_-]?ME|CHANGE[_-]?ME")
+# (RFC 5737, RFC 3849) as host addresses or admin networks, and the counting digest that
+# stands for the serving image's (it would pull nothing, on every GPU node, at converge).
+_PLACEHOLDER = re.compile(r"ReplaceWith|REPLACE[_-]?ME|CHANGE[_-]?ME|(?:0123456789abcdef){4}")
 _EXAMPLE_NAME = re.compile(r"(?<![\w.-])(?:[a-z0-9-]+\.)+example(?::[0-9]+)?(?![\w.-])", re.I)
 DOC_NETWORKS = tuple(
     ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")

@@ -118,6 +118,7 @@ CASES = {
     "ssh_key_rsa_short": ["is an RSA key of 2048 bits: at least 3072 are needed"],
     "placeholder_values": [
         "common_ntp_servers[0] is 'ntp1.corp.example', a name under .example",
+        "llm_serving_image_digest still holds the example's placeholder",
         "host gpu2: ansible_host is 192.0.2.22, a documentation address",
     ],
     "become_defeated": ["ansible_become is false in the inventory: it outranks the plays' `become: true`"],
@@ -309,6 +310,8 @@ def test_a_site_copied_from_the_example_as_the_readme_says_passes(tmp_path: Path
     base.write_text("common_ntp_servers: [ntp1.corp.internal]\ncommon_apt_proxy: ''\n")
     for settings in (site / "group_vars").rglob("*.yml"):  # the other names under .example
         settings.write_text(settings.read_text().replace(".corp.example", ".corp.internal"))
+    serving = site / "group_vars" / "all" / "serving.yml"  # the digest the site's mirror shows
+    serving.write_text(re.sub("(?:0123456789abcdef){4}", secrets.token_hex(32), serving.read_text()))
     example = (site / "group_vars" / "all" / "secrets.vault.yml.example").read_text()
     filled = re.sub("REPLACE_ME", lambda _: secrets.token_hex(24), example)
     (site / "group_vars" / "all" / "secrets.vault.yml").write_text(filled)

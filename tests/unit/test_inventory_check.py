@@ -142,6 +142,8 @@ def test_placeholders_of_the_example_are_named():
     assert check.check_placeholders("ansible_host", "198.51.100.10")
     assert check.check_placeholders("common_ntp_servers", ["ntp1.corp.example"])
     assert check.check_placeholders("ansible_host", "10.0.0.5") == []
+    assert check.check_placeholders("llm_serving_image_digest", "sha256:" + "0123456789abcdef" * 4)
+    assert check.check_placeholders("llm_serving_image_digest", "sha256:" + "9f86d081884c7d65" * 4) == []
     secret = check.check_placeholders("cluster_secrets", {"a": "REPLACE_ME", "b": "x.corp.example"})
     assert secret == ["cluster_secrets.a still holds the example's placeholder: "
                       "it is a placeholder from inventories/example: replace it with your site's value"]  # fmt: skip
