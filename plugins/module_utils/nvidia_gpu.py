@@ -548,12 +548,17 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict[str, Any], path: str) -> None:
+def write_atomic(path: str, text: str) -> None:
+    """Write a file whole or not at all (a temporary name, then a rename): readers such as
+    node_exporter's textfile collector never see half of it."""
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+        handle.write(text)
     os.replace(tmp, path)
+
+
+def write_report(report: dict[str, Any], path: str) -> None:
+    write_atomic(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
