@@ -129,8 +129,10 @@ def judge(
     returncode: int = 0,
 ) -> dict[str, Any]:
     """The burn-in's result: passed or failed, the problems, and the bandwidth figures. The
-    figure compared with the threshold is the best bus bandwidth (out-of-place or in-place)
-    at the largest size, where the fabric is saturated; smaller sizes measure latency."""
+    figure compared with the threshold is the bus bandwidth at the largest size, where the
+    fabric is saturated (smaller sizes measure latency), the lower of out-of-place and
+    in-place: both must reach it. (On one GPU NCCL skips an in-place all-reduce, and its
+    algorithm bandwidth reads as absurdly high: the out-of-place one is reported there.)"""
     problems: list[str] = []
     rows = parsed["rows"]
     ranks = len(parsed["devices"]) or (parsed["threads"] or 0) * (parsed["gpus_per_thread"] or 0)
@@ -162,8 +164,10 @@ def judge(
     }
     if rows:
         largest = max(rows, key=lambda row: row["size_bytes"])
-        best = max((largest["out_of_place"], largest["in_place"]), key=lambda half: half["busbw_gbps"])
-        bandwidth.update(busbw_gbps=best["busbw_gbps"], algbw_gbps=best["algbw_gbps"], size_bytes=largest["size_bytes"])
+        # min() keeps the first of equals: out-of-place where both are 0 (one GPU).
+        worst = min((largest["out_of_place"], largest["in_place"]), key=lambda half: half["busbw_gbps"])
+        bandwidth.update(busbw_gbps=worst["busbw_gbps"], algbw_gbps=worst["algbw_gbps"])
+        bandwidth["size_bytes"] = largest["size_bytes"]
     threshold = threshold_for(names, thresholds)
     if threshold:
         bandwidth["threshold_key"], bandwidth["threshold_gbps"] = threshold
