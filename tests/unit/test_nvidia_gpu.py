@@ -392,3 +392,12 @@ def test_module_and_cli_take_the_nvlink_settings(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         cli.main(["--nvlink-max-errors", "bogus=1"], nvml=nvml)
     assert "expected COUNTER=N" in capsys.readouterr().err
+
+
+def test_recorded_h200_report_has_the_nvlink_fields():
+    """The single-H200 device run of the NVLink checks (docs/gpu/h200/): a VM exposes no link."""
+    report = json.loads((ROOT / "docs" / "gpu" / "h200" / "report-healthy.json").read_text())
+    assert report["ok"] and report["gpus"][0]["name"] == "NVIDIA H200"
+    assert report["gpus"][0]["values"]["nvlink"]["active"] == 0
+    assert report["topology"]["nvswitch_count"] == 0 and report["topology"]["gpus_with_nvlink"] == 0
+    assert ng.table(report).splitlines()[1].split()[-3:] == ["0/0", "-", "OK"]
