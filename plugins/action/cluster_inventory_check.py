@@ -6,13 +6,15 @@ It runs once, connects to no host, and checks:
   * removed variables are gone (with the migration hint);
   * every role variable set in the inventory exists in that role's meta/argument_specs.yml
     (a misspelling gets a "did you mean"), and has the type the spec says;
-  * cluster-wide `cluster_*` variables against preflight's own spec.
+  * cluster-wide `cluster_*` variables against preflight's own spec;
+  * operator-provided certificates (pki) parse, are not expiring and match their keys.
 All problems are reported together, each naming the host, the variable and the fix.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import difflib
 import importlib.util
 import ipaddress
@@ -25,15 +27,23 @@ import yaml
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+    load_ssh_public_key,
+)
 
 
-def _load_engine() -> Any:
+def _load_engine(path: Path | None = None, name: str = "llm_cluster_value_rules") -> Any:
     """The value rules engine lives in the `value_rules` action beside this file (Ansible loads
-    plugins by path, so it is imported by path too)."""
-    path = Path(__file__).with_name("value_rules.py")
-    spec = importlib.util.spec_from_file_location("llm_cluster_value_rules", path)
+    plugins by path, so it is imported by path too); the vault role's PGP key checks in the
+    `vault_pgp` filter."""
+    path = path or Path(__file__).with_name("value_rules.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -41,6 +51,7 @@ def _load_engine() -> Any:
 
 
 value_rules = _load_engine()
+vault_pgp = _load_engine(Path(__file__).parents[1] / "filter" / "vault_pgp.py", "llm_cluster_vault_pgp")
 
 # Variables Ansible itself defines or that connection plugins read; never role inputs.
 MAGIC_PREFIXES = ("ansible_", "molecule_", "lab_", "_")
@@ -268,8 +279,9 @@ def check_admin_keys(users: Any) -> list[str]:
 
 # What inventories/example ships for the operator to replace: marked names, names under the
 # .example top-level domain (RFC 2606: they never resolve), documentation addresses
-# (RFC 5737, RFC 3849) as host addresses or admin networks.
-_PLACEHOLDER = re.compile(r"ReplaceWith|REPLACE[_-]?ME|CHANGE[_-]?ME")
+# (RFC 5737, RFC 3849) as host addresses or admin networks, and the counting digest that
+# stands for the serving image's (it would pull nothing, on every GPU node, at converge).
+_PLACEHOLDER = re.compile(r"ReplaceWith|REPLACE[_-]?ME|CHANGE[_-]?ME|(?:0123456789abcdef){4}")
 _EXAMPLE_NAME = re.compile(r"(?<![\w.-])(?:[a-z0-9-]+\.)+example(?::[0-9]+)?(?![\w.-])", re.I)
 DOC_NETWORKS = tuple(
     ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
@@ -453,6 +465,39 @@ def check_admins(hostvars_of: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def check_vault(hostvars: Mapping[str, Any], groups: Mapping[str, list[str]]) -> tuple[list[str], list[str]]:
+    """The secrets store's raft group and keyholders (roles/vault): an odd number of nodes, at
+    least 3 (1 for a lab, with a warning), every keyholder's PGP public key parseable, the
+    unseal threshold within the number of shares (one per keyholder). Errors, warnings."""
+    named = {str(hostvars[h]["vault_group"]) for h in groups.get("all", []) if "vault_group" in hostvars[h]}
+    group_name = sorted(named)[0] if named else "vault"
+    nodes = list(groups.get(group_name, []))
+    if not nodes:
+        return [], []
+    errors, warnings = [], []
+    if len(nodes) == 1:
+        warnings.append(
+            f"group '{group_name}' has one host ({nodes[0]}): no failover. Fine for a lab; "
+            "use 3 or 5 nodes on a real site"
+        )
+    elif len(nodes) < 3 or len(nodes) % 2 == 0:
+        errors.append(
+            f"group '{group_name}' has {len(nodes)} hosts ({', '.join(nodes)}): raft needs an odd number, at "
+            "least 3 (1 for a lab), so that a majority survives a lost node"
+        )
+    first = hostvars[nodes[0]]
+    keyholders = first.get("vault_keyholders", [])
+    errors += vault_pgp.vault_keyholder_problems(keyholders, None)
+    threshold = first.get("vault_key_threshold", 2)
+    shares = len(keyholders) if isinstance(keyholders, list) else 0
+    if isinstance(threshold, int) and shares and threshold > shares:
+        errors.append(
+            f"vault_key_threshold is {threshold}: it must be at most the number of keyholders ({shares}), "
+            "one share each; add keyholders or lower the threshold"
+        )
+    return errors, warnings
+
+
 # Inventory-level connection settings that defeat the plays' `become: true`: an inventory
 # variable outranks a play keyword.
 def check_connection(hostvars_of: Mapping[str, Any]) -> list[str]:
@@ -501,6 +546,84 @@ def check_secrets(
             names = [(str(setting), need["setting"])] if setting else []
         missing += [(n, f"{need['role']} ({via})") for n, via in names if n not in store]
     return missing
+
+
+def _public_der(key: Any) -> bytes:
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def check_provided_certificates(
+    hostvars_of: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    now: datetime.datetime | None = None,
+) -> list[str]:
+    """pki_certificates entries with `provider: provided`: the chain parses as PEM X.509, the
+    leaf (first) is not expired nor inside pki's renewal window, and the key in the secret named
+    by private_key_secret parses and matches the leaf. The key is read only from an ansible_vault
+    `cluster_secrets` that holds it (a missing secret is check_secrets' to report; another
+    backend is not read here); no key or secret value is ever put in a message."""
+    certificates = hostvars_of.get("pki_certificates")
+    if not isinstance(certificates, list):
+        return []
+    now = now or datetime.datetime.now(datetime.UTC)
+    window = hostvars_of.get("pki_renew_before_days", defaults.get("pki_renew_before_days", 30))
+    try:
+        window = int(window)
+    except (TypeError, ValueError):
+        window = 30  # a wrong type is reported by the type check
+    store: Any = {}
+    if hostvars_of.get("cluster_secrets_backend", "ansible_vault") == "ansible_vault":
+        store = hostvars_of.get("cluster_secrets") or {}
+    store = store if isinstance(store, Mapping) else {}
+    errors = []
+    for i, entry in enumerate(certificates):
+        if not isinstance(entry, Mapping) or entry.get("provider") != "provided":
+            continue
+        where = f"pki_certificates[{entry.get('name', i)}]"
+        pem = entry.get("certificate")
+        try:
+            chain = x509.load_pem_x509_certificates(str(pem or "").encode())
+        except ValueError:
+            chain = []
+        if not chain:
+            errors.append(
+                f"{where}.certificate does not parse as a PEM X.509 certificate chain: paste the certificate "
+                "(-----BEGIN CERTIFICATE----- ...), leaf first, then its intermediates"
+            )
+            continue
+        leaf = chain[0]
+        subject = leaf.subject.rfc4514_string() or "no subject"
+        not_after = leaf.not_valid_after_utc
+        expiry = not_after.strftime("%Y-%m-%d %H:%M UTC")
+        if not_after <= now:
+            errors.append(
+                f"{where}.certificate ({subject}) expired on {expiry} (notAfter): get it renewed and paste the new one"
+            )
+        elif not_after - now <= datetime.timedelta(days=window):
+            errors.append(
+                f"{where}.certificate ({subject}) expires on {expiry} (notAfter), within pki_renew_before_days "
+                f"({window} days): get it renewed and paste the new one"
+            )
+        secret = entry.get("private_key_secret")
+        if not secret or str(secret) not in store:
+            continue
+        value = store[str(secret)]
+        try:
+            key = None if isinstance(value, (Mapping, list)) else load_pem_private_key(str(value).encode(), None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: the key is encrypted
+            key = None
+        if key is None:
+            errors.append(
+                f"{where}.private_key_secret: secret '{secret}' (value not shown) does not parse as an unencrypted "
+                "PEM private key: store the certificate's key, -----BEGIN PRIVATE KEY----- ..., in that secret"
+            )
+        elif _public_der(key.public_key()) != _public_der(leaf.public_key()):
+            errors.append(
+                f"{where}.private_key_secret: the key in secret '{secret}' (not shown) does not match the public key "
+                f"of the certificate ({subject}): store the key the certificate was issued for, or paste the "
+                "certificate of this key"
+            )
+    return errors
 
 
 def _group_of(hosts: list[str], groups: Mapping[str, list[str]]) -> str | None:
@@ -621,12 +744,18 @@ class ActionModule(ActionBase):
                     "group_vars/all/secrets.vault.yml (secrets.vault.yml.example says how to generate it; "
                     "`ansible-vault edit` the file)"
                 )
+            if "pki" in check_roles:
+                errors += [f"host {host}: {msg}" for msg in check_provided_certificates(host_vars, defaults)]
             if host_vars.get("ansible_connection", "ssh") != "local":
                 addresses[host] = str(host_vars.get("ansible_host", host))
                 errors += [f"host {host}: {msg}" for msg in check_placeholders("ansible_host", addresses[host])]
         errors += check_addresses(addresses)
+        vault_errors, vault_warnings = check_vault(hostvars, groups)
+        errors += vault_errors
         errors = merge_host_messages(errors, groups)
         result["changed"] = False
+        if vault_warnings:
+            result["warnings"] = vault_warnings
         result["problems"] = errors
         if errors:
             result["failed"] = True

@@ -14,7 +14,12 @@ description:
     entry C(<cluster_secrets_hashi_vault_prefix>/NAME) in the mount
     C(cluster_secrets_hashi_vault_mount), read with community.hashi_vault (connection
     settings from the usual VAULT_ADDR / VAULT_TOKEN environment or the
-    C(cluster_secrets_hashi_vault_options) dict).
+    C(cluster_secrets_hashi_vault_options) dict, e.g. C(url), C(ca_cert) (the cluster CA; TLS
+    is always verified), C(auth_method=approle) with C(role_id) and C(secret_id)).
+  - With AppRole the plugin logs in once per run and connection settings, and reads every
+    secret with that token (one login, one audit entry, not one per secret).
+  - A secret that is not in Vault (the server answers "Invalid or missing path") gives
+    C(default) when one is given.
 options:
   _terms:
     description: Secret names.
@@ -44,6 +49,8 @@ from ansible.plugins.lookup import LookupBase
 
 BACKENDS = ("ansible_vault", "hashi_vault")
 _MISSING = object()
+# AppRole tokens of this run, by connection settings (short-lived: the AppRole token_ttl).
+_TOKENS: dict[tuple[tuple[str, str], ...], str] = {}
 
 
 class LookupModule(LookupBase):
@@ -79,17 +86,55 @@ class LookupModule(LookupBase):
         mount = self._var(variables, "cluster_secrets_hashi_vault_mount", "secret")
         prefix = self._var(variables, "cluster_secrets_hashi_vault_prefix", "llm-cluster")
         options = dict(self._var(variables, "cluster_secrets_hashi_vault_options", {}) or {})
+        if options.get("validate_certs") is False:
+            raise AnsibleError(
+                "cluster_secrets_hashi_vault_options.validate_certs is false: the secrets store's certificate "
+                "must be verified; set ca_cert to the cluster CA (/etc/ssl/cluster/ca.crt on the hosts) instead"
+            )
         path = f"{prefix}/{name}" if prefix else name
-        reader = lookup_loader.get("community.hashi_vault.vault_kv2_get", loader=self._loader, templar=self._templar)
-        if reader is None:
-            raise AnsibleError("cluster_secrets_backend=hashi_vault needs the community.hashi_vault collection")
+        reader = self._collection_lookup("vault_kv2_get")
         try:
-            result = reader.run([path], variables=variables, engine_mount_point=mount, **options)[0]
+            try:
+                result = reader.run(
+                    [path], variables=variables, engine_mount_point=mount, **self._logged_in(options, variables)
+                )[0]
+            except AnsibleError as exc:
+                # A run that outlives the AppRole's token TTL logs in again, once.
+                if "permission denied" not in str(exc).lower() or not self._forget_token(options):
+                    raise
+                result = reader.run(
+                    [path], variables=variables, engine_mount_point=mount, **self._logged_in(options, variables)
+                )[0]
         except AnsibleError as exc:
-            if default is not _MISSING and "not found" in str(exc).lower():
+            message = str(exc).lower()
+            if default is not _MISSING and ("not found" in message or "invalid or missing path" in message):
                 return default
             raise AnsibleError(f"secret '{name}': reading {mount}/{path} from Vault failed: {exc}") from exc
         data = result.get("secret", {})
         if "value" not in data:
             raise AnsibleError(f"secret '{name}': Vault entry {mount}/{path} has no 'value' field")
         return data["value"]
+
+    def _collection_lookup(self, name: str) -> Any:
+        plugin = lookup_loader.get(f"community.hashi_vault.{name}", loader=self._loader, templar=self._templar)
+        if plugin is None:
+            raise AnsibleError("cluster_secrets_backend=hashi_vault needs the community.hashi_vault collection")
+        return plugin
+
+    @staticmethod
+    def _token_key(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((k, str(v)) for k, v in options.items()))
+
+    def _forget_token(self, options: dict[str, Any]) -> bool:
+        return _TOKENS.pop(self._token_key(options), None) is not None
+
+    def _logged_in(self, options: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
+        """AppRole: log in once per run and connection settings, then read with the token."""
+        if options.get("auth_method") != "approle":
+            return options
+        key = self._token_key(options)
+        if key not in _TOKENS:
+            login = self._collection_lookup("vault_login")
+            _TOKENS[key] = login.run([], variables=variables, **options)[0]["auth"]["client_token"]
+        kept = {k: v for k, v in options.items() if k not in ("auth_method", "role_id", "secret_id", "mount_point")}
+        return {**kept, "auth_method": "token", "token": _TOKENS[key]}

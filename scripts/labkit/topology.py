@@ -48,6 +48,9 @@ class Topology:
     hosts: tuple[LabHost, ...]
     zones: tuple[str, ...]
     group_children: dict[str, tuple[str, ...]]
+    # Groups the site's playbooks name that the lab leaves without hosts (written as empty
+    # groups, so a play for one says "no hosts matched" rather than warning of a bad pattern).
+    empty_groups: tuple[str, ...] = ()
 
     @property
     def container_prefix(self) -> str:
@@ -91,6 +94,7 @@ def load(topology_file: Path, instance: int | None = None) -> Topology:
         hosts=tuple(hosts),
         zones=tuple(dict.fromkeys(zones)),
         group_children={k: tuple(v) for k, v in (spec.get("group_children") or {}).items()},
+        empty_groups=tuple(spec.get("empty_groups") or ()),
     )
 
 
@@ -104,6 +108,8 @@ def inventory(topo: Topology) -> dict[str, Any]:
         children[group] = {"hosts": {h.name: None for h in topo.hosts if group in h.groups}}
     for parent, kids in topo.group_children.items():
         children[parent] = {"children": {k: None for k in kids}}
+    for group in topo.empty_groups:
+        children.setdefault(group, {})
     return {
         "all": {
             "vars": {

@@ -199,13 +199,21 @@ def _metric_names(lab: Lab) -> set[str]:
     return set(prom(lab, "/api/v1/label/__name__/values")["data"])
 
 
+def _not_in_lab(names: set[str], lab: Lab) -> set[str]:
+    """The series the lab cannot have: GPU-only ones (no GPU here), the edge's until the edge
+    layer exists, and Vault's while the lab's `vault` group is empty (roles/vault is tested by
+    molecule/vault)."""
+    prefixes = tuple(p for p, absent in (("edge_", not HAS_EDGE), ("vault_", not lab.hosts("vault"))) if absent)
+    return (names & GPU_ONLY) | {n for n in names if prefixes and n.startswith(prefixes)}
+
+
 def test_every_metric_the_rules_read_is_in_the_lab_scrape(serving: Lab):
-    """Except the GPU-only list (no GPU here) and, until the edge layer exists, edge_* metrics."""
+    """Except the series the lab cannot have (_not_in_lab)."""
     rules = _deployed_rules(serving)
     recorded = {r["record"] for r in rules if "record" in r}
     # Series with a colon are recording rules (the unit tests check each is recorded by a rule).
     used = {n for n in set().union(*(promkit.metric_names(r["expr"]) for r in rules)) - recorded if ":" not in n}
-    needed = used - GPU_ONLY - ({n for n in used if n.startswith("edge_")} if not HAS_EDGE else set())
+    needed = used - _not_in_lab(used, serving)
     try:
         wait_for("the rules' metrics in the scrape", lambda: not (needed - _metric_names(serving)), timeout=60)
     except AssertionError:
@@ -213,9 +221,9 @@ def test_every_metric_the_rules_read_is_in_the_lab_scrape(serving: Lab):
         raise AssertionError(f"metrics the rules read, not in the lab: {missing}") from None
 
 
-def _gpu_or_edge_only(expr: str, rules: list[dict]) -> bool:
-    """Whether an expression reads only series the lab cannot have (GPU-only, or the edge's
-    while the edge layer is not built), directly or through recording rules."""
+def _not_in_lab_only(expr: str, rules: list[dict], lab: Lab) -> bool:
+    """Whether an expression reads only series the lab cannot have (_not_in_lab), directly or
+    through recording rules."""
     by_name: dict[str, set[str]] = {}
     for r in rules:
         if "record" in r:
@@ -227,8 +235,7 @@ def _gpu_or_edge_only(expr: str, rules: list[dict]) -> bool:
         return set().union(*(sources(n, seen | {name}) for n in by_name[name]))
 
     leaves = set().union(*(sources(n) for n in promkit.metric_names(expr)))
-    unavailable = GPU_ONLY | ({n for n in leaves if n.startswith("edge_")} if not HAS_EDGE else set())
-    return bool(leaves) and leaves <= unavailable
+    return bool(leaves) and leaves <= _not_in_lab(leaves, lab)
 
 
 def test_every_dashboard_query_returns_data(serving: Lab):
@@ -237,7 +244,7 @@ def test_every_dashboard_query_returns_data(serving: Lab):
     assert queries
 
     def empty() -> list[str]:
-        wanted = [(name, expr) for name, expr in queries if not _gpu_or_edge_only(expr, rules)]
+        wanted = [(name, expr) for name, expr in queries if not _not_in_lab_only(expr, rules, serving)]
         return [f"{name}: {expr}" for name, expr in wanted if not query(serving, expr)]
 
     # Recording rules over 1h windows and rates need a few evaluations after the first scrape.

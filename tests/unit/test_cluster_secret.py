@@ -47,3 +47,72 @@ def test_hashi_vault_backend_reads_the_value_field(monkeypatch):
     variables = {"cluster_secrets_backend": "hashi_vault", "cluster_secrets_hashi_vault_mount": "kv"}
     assert _lookup(variables, "edge_api_keys") == ["s3cret"]
     assert calls == [(["llm-cluster/edge_api_keys"], {"engine_mount_point": "kv"})]
+
+
+def _fake_vault(monkeypatch, secrets: dict, logins: list, reads: list):
+    """Doubles of community.hashi_vault's lookups, raising what the real ones raise against
+    OpenBao 2.7 (molecule/vault runs the real server)."""
+
+    class FakeKv2:
+        def run(self, terms, variables=None, **kwargs):
+            reads.append(kwargs.get("token"))
+            if kwargs.get("token") == "expired":
+                raise AnsibleError("Forbidden: Permission Denied to path ['secret/data/llm-cluster/a'].")
+            if terms[0] not in secrets:
+                message = f"Invalid or missing path ['{terms[0]}'] with secret version 'latest'."
+                raise AnsibleError(message + " Check the path or secret version.")
+            return [{"secret": {"value": secrets[terms[0]]}}]
+
+    class FakeLogin:
+        def run(self, terms, variables=None, **kwargs):
+            logins.append(kwargs)
+            return [{"auth": {"client_token": f"token-{len(logins)}"}}]
+
+    plugins = {"community.hashi_vault.vault_kv2_get": FakeKv2(), "community.hashi_vault.vault_login": FakeLogin()}
+    monkeypatch.setattr(plugin.lookup_loader, "get", lambda name, **_: plugins[name])
+    monkeypatch.setattr(plugin, "_TOKENS", {})
+
+
+APPROLE = {
+    "cluster_secrets_backend": "hashi_vault",
+    "cluster_secrets_hashi_vault_options": {
+        "url": "https://vault1:8200", "ca_cert": "/ca.crt", "auth_method": "approle", "role_id": "r", "secret_id": "s",
+    },
+}  # fmt: skip
+
+
+def test_hashi_vault_missing_secret_gives_the_default(monkeypatch):
+    _fake_vault(monkeypatch, {"llm-cluster/a": "1"}, [], [])
+    assert _lookup(APPROLE, "a", "missing", default="none") == ["1", "none"]
+
+
+def test_hashi_vault_missing_secret_without_default_names_the_path(monkeypatch):
+    _fake_vault(monkeypatch, {}, [], [])
+    with pytest.raises(AnsibleError, match=r"secret 'missing': reading secret/llm-cluster/missing from Vault failed"):
+        _lookup(APPROLE, "missing")
+
+
+def test_hashi_vault_approle_logs_in_once_and_reads_with_the_token(monkeypatch):
+    logins, reads = [], []
+    _fake_vault(monkeypatch, {"llm-cluster/a": "1", "llm-cluster/b": "2"}, logins, reads)
+    assert _lookup(APPROLE, "a", "b") == ["1", "2"]
+    assert len(logins) == 1 and logins[0]["role_id"] == "r" and logins[0]["ca_cert"] == "/ca.crt"
+    assert reads == ["token-1", "token-1"]
+
+
+def test_hashi_vault_expired_token_logs_in_again(monkeypatch):
+    logins, reads = [], []
+    _fake_vault(monkeypatch, {"llm-cluster/a": "1"}, logins, reads)
+    options = APPROLE["cluster_secrets_hashi_vault_options"]
+    plugin._TOKENS[plugin.LookupModule._token_key(options)] = "expired"
+    assert _lookup(APPROLE, "a") == ["1"]
+    assert reads == ["expired", "token-1"]
+
+
+def test_hashi_vault_refuses_unverified_tls():
+    variables = {
+        "cluster_secrets_backend": "hashi_vault",
+        "cluster_secrets_hashi_vault_options": {"validate_certs": False},
+    }
+    with pytest.raises(AnsibleError, match="must be verified; set ca_cert"):
+        _lookup(variables, "a")

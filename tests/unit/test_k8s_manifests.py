@@ -49,10 +49,14 @@ fw = load_plugin("plugins/filter/firewall_policy.py")
 
 def _lab_inventory(tmp: Path) -> Path:
     """The lab inventory as `scripts/lab up` writes it (hosts.yml from topology.yml), beside
-    the committed group_vars."""
+    the committed group_vars: not the encrypted secrets a running lab has (no password here)."""
     inv = tmp / "lab"
-    inv.mkdir()
-    (inv / "group_vars").symlink_to(ROOT / "inventories" / "lab" / "group_vars")
+    committed = ROOT / "inventories" / "lab" / "group_vars"
+    for path in committed.rglob("*.yml"):
+        if not path.name.endswith(".vault.yml"):
+            link = inv / "group_vars" / path.relative_to(committed)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
     topo = topology.load(ROOT / "inventories" / "lab" / "topology.yml", instance=0)
     topology.write_inventory(topo, inv / "hosts.yml")
     return inv

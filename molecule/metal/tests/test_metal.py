@@ -23,6 +23,8 @@ import testinfra
 from ansible.parsing.vault import VaultLib, VaultSecret
 from toolkit.ansible_run import PlaybookRun, run_playbook
 
+from tests.helpers import openbao
+
 ROOT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 SCENARIO = Path(__file__).resolve().parents[1]
@@ -437,3 +439,87 @@ def test_a_run_brings_the_volumes_back(host, tmp_path):
     assert host.mount_point("/srv/models").device == "/dev/mapper/models"
     assert host.mount_point("/srv/cache").device == "/dev/mapper/cache"
     assert model_sha(host) == STATE["model_sha"]
+
+
+# --- Keys kept and rotated in Vault by the role (luks_key_manager: vault) -------------------
+# A real OpenBao (tests/helpers/openbao.py: dev mode, TLS, loopback on the controller, where
+# the role's Vault calls run). The keys are imported as an operator moving to Vault would,
+# the models key dated long ago: the next run must rotate it by itself.
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory):
+    with openbao.dev_server(ROOT, tmp_path_factory.mktemp("openbao")) as server:
+        policy = 'path "secret/data/llm-cluster/*" { capabilities = ["create", "read", "update"] }'
+        options = server.approle("controller", policy)
+        imported = {"models": (KEY_2, "2026-01-01"), "cache": (CACHE_KEY, None),
+                    "scratch": (SCRATCH_KEY, None)}  # fmt: skip
+        for volume, (key, set_on) in imported.items():
+            data = {"value": key} | ({"set_on": set_on} if set_on else {})
+            server.api("POST", f"secret/data/llm-cluster/luks/{HOST}/{volume}", {"data": data})
+        server.api("POST", "secret/data/llm-cluster/luks_header_backup", {"data": {"value": ESCROW_SECRET}})
+        yield (
+            server,
+            {
+                "cluster_secrets_backend": "hashi_vault",
+                "cluster_secrets_hashi_vault_options": options,
+                "luks_key_manager": "vault",
+                "luks_volumes": volumes(SCRATCH),
+            },
+        )
+
+
+def vault_key(server, volume: str) -> dict:
+    return server.kv(f"llm-cluster/luks/{HOST}/{volume}")
+
+
+@pytest.fixture(scope="module")
+def vault_rotation_run(tmp_path_factory, host, vault):
+    _, extra = vault
+    return playbook(tmp_path_factory.mktemp("vault-rotation"), "security.yml", extra, *LUKS_ONLY)
+
+
+def test_vault_rotates_a_key_past_its_age_by_itself(host, vault, vault_rotation_run):
+    server, _ = vault
+    assert vault_rotation_run.rc == 0, vault_rotation_run.failures()
+    names = vault_rotation_run.changed_tasks()[HOST]
+    assert any("store new and rotated keys" in n for n in names)
+    assert any("Rotation 3/3" in n for n in names)
+    assert any("drop the previous key" in n for n in names)
+    entry = vault_key(server, "models")
+    new_key = entry["data"]["value"]
+    # Version 1 imported, 2 the new key with the previous one beside it, 3 the previous dropped.
+    assert entry["metadata"]["version"] == 3
+    assert entry["data"] == {"value": new_key, "set_on": datetime.date.today().isoformat()}
+    assert len(new_key) == 64 and new_key != KEY_2
+    assert opens(host, DEV + "fresh", new_key)
+    assert not opens(host, DEV + "fresh", KEY_2)
+    assert len(luks_meta(host, DEV + "fresh")["keyslots"]) == 1
+    assert sh(host, "cat /etc/cryptsetup-keys.d/models.key").stdout == new_key
+    assert header_opens(host, "models", DEV + "fresh", new_key)
+    assert model_sha(host) == STATE["model_sha"]
+    # Keys that were not due are untouched.
+    assert vault_key(server, "cache")["metadata"]["version"] == 1
+    assert vault_key(server, "scratch")["metadata"]["version"] == 1
+
+
+def test_vault_managed_keys_are_idempotent(vault, vault_rotation_run, tmp_path):
+    server, extra = vault
+    assert vault_rotation_run.rc == 0
+    run = playbook(tmp_path, "security.yml", extra, *LUKS_ONLY)
+    assert run.rc == 0, run.failures()
+    assert run.total("changed") == 0, run.changed_tasks()
+    assert vault_key(server, "models")["metadata"]["version"] == 3
+
+
+def test_check_mode_reports_a_due_rotation_and_writes_nothing(host, vault, vault_rotation_run, tmp_path):
+    server, extra = vault
+    assert vault_rotation_run.rc == 0
+    entry = vault_key(server, "models")
+    dated = entry["data"] | {"set_on": "2026-01-01"}  # as if 11 months had passed
+    server.api("POST", f"secret/data/llm-cluster/luks/{HOST}/models", {"data": dated})
+    run = playbook(tmp_path, "security.yml", extra, *LUKS_ONLY, "--check")
+    assert run.rc == 0, run.failures()
+    assert any("would create or rotate" in n for n in run.changed_tasks()[HOST])
+    assert vault_key(server, "models")["metadata"]["version"] == 4
+    assert opens(host, DEV + "fresh", entry["data"]["value"])
