@@ -27,6 +27,17 @@ PCI_IDS_PATHS = ("usr/share/misc/pci.ids", "usr/share/hwdata/pci.ids")
 SECURE_BOOT_VAR = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 
+# NVML's NVLink error counters (nvmlDeviceGetNvLinkErrorCounter): report name, pynvml
+# constant, its value where the binding lacks it (nvml.h, nvmlNvLinkErrorCounter_t).
+NVLINK_COUNTERS = (
+    ("replay", "NVML_NVLINK_ERROR_DL_REPLAY", 0),
+    ("recovery", "NVML_NVLINK_ERROR_DL_RECOVERY", 1),
+    ("crc_flit", "NVML_NVLINK_ERROR_DL_CRC_FLIT", 2),
+    ("crc_data", "NVML_NVLINK_ERROR_DL_CRC_DATA", 3),
+)
+NVLINK_MAX_ERRORS = {"replay": 100, "recovery": 0, "crc_flit": 100, "crc_data": 0}
+
+
 class NvmlUnavailable(Exception):
     """NVML (the driver's management library) or its Python binding cannot be used."""
 
@@ -248,6 +259,14 @@ class Expectations:
     mig_mode: str = "disabled"  # disabled | enabled | any
     pcie_width: bool = True
     nvlink_required: bool = False
+    # Links each GPU must have up (18 on an HGX H100/H200 board); 0: not counted.
+    nvlink_links_per_gpu: int = 0
+    # NVLink error counts (all of a GPU's links, since the driver loaded) tolerated per
+    # counter; -1 skips that counter. Recovery (a link retrained) and data CRC errors mean a
+    # bad link; flit CRC errors and replays are retried by the link layer, so a few pass.
+    nvlink_max_errors: dict[str, int] = field(default_factory=lambda: dict(NVLINK_MAX_ERRORS))
+    # NVSwitches gpu_facts found (None: not known); the report's topology.
+    nvswitch_count: int | None = None
 
 
 @dataclass
@@ -375,23 +394,77 @@ def check_gpu(nvml: Any, index: int, want: Expectations, driver_version: str) ->
         elif v["mig_pending"] != v["mig_current"]:
             res.failures.append("a MIG mode change is pending (reset the GPU)")
 
-    active = inactive = 0
+    v["nvlink"] = nvlink = read_nvlinks(nvml, probe, handle)
+    check_nvlinks(nvlink, want, res)
+    res.failures += [f"NVML could not read {e}" for e in probe.errors]
+    return res
+
+
+def read_nvlinks(nvml: Any, probe: _Probe, handle: Any) -> dict[str, Any]:
+    """State of every NVLink of a GPU, and the error counters of the links that are up."""
+    enabled = getattr(nvml, "NVML_FEATURE_ENABLED", 1)
+    down: list[int] = []
+    active = 0
+    totals: dict[str, int | None] = {name: None for name, _, _ in NVLINK_COUNTERS}
+    per_link: dict[str, dict[str, int]] = {}
     for link in range(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)):
         state = probe("nvmlDeviceGetNvLinkState", handle, link)
         if state is None:
             break  # links are numbered from 0: the first missing one ends the list
-        if state == enabled:
-            active += 1
-        else:
-            inactive += 1
-    v["nvlink"] = {"active": active, "inactive": inactive}
-    if active + inactive and inactive:
+        if state != enabled:
+            down.append(link)
+            continue  # a link that is down counts nothing
+        active += 1
+        for name, constant, fallback in NVLINK_COUNTERS:
+            count = probe("nvmlDeviceGetNvLinkErrorCounter", handle, link, getattr(nvml, constant, fallback))
+            if count is None:
+                continue  # not supported (e.g. read through field values on newer GPUs)
+            totals[name] = (totals[name] or 0) + count
+            if count:
+                per_link.setdefault(str(link), {})[name] = count
+    return {"active": active, "inactive": len(down), "down": down, "errors": totals, "links_with_errors": per_link}
+
+
+def check_nvlinks(nvlink: dict[str, Any], want: Expectations, res: GpuResult) -> None:
+    """Down links (failures where NVSwitches need every link), the link count, error counters."""
+    active, inactive = nvlink["active"], nvlink["inactive"]
+    if inactive:
         message = f"{inactive} of {active + inactive} NVLinks are down"
+        if active:  # which ones, where some are up
+            message += f" (links {', '.join(map(str, nvlink['down']))})"
         (res.failures if want.nvlink_required else res.info).append(message)
     elif want.nvlink_required and not active:
         res.failures.append("no active NVLink, but the node has NVSwitches")
-    res.failures += [f"NVML could not read {e}" for e in probe.errors]
-    return res
+    if want.nvlink_links_per_gpu and active != want.nvlink_links_per_gpu:
+        res.failures.append(f"{active} NVLinks up, {want.nvlink_links_per_gpu} expected")
+    for name, total in nvlink["errors"].items():
+        tolerated = want.nvlink_max_errors.get(name, -1)
+        if total is None or tolerated < 0 or total <= tolerated:
+            continue
+        links = sorted((link for link, counts in nvlink["links_with_errors"].items() if name in counts), key=int)
+        res.failures.append(f"{total} NVLink {name} error(s) on link(s) {', '.join(links)}, {tolerated} tolerated")
+
+
+def topology(want: Expectations, results: list[GpuResult]) -> dict[str, Any]:
+    """What the node's NVLink fabric should be (gpu_facts' NVSwitches) and what NVML saw."""
+    links = [r.values["nvlink"] for r in results if r.present and "nvlink" in r.values]
+    return {
+        "nvswitch_count": want.nvswitch_count,
+        "nvlink_required": want.nvlink_required,
+        "links_per_gpu_expected": want.nvlink_links_per_gpu or None,
+        "gpus_with_nvlink": sum(1 for link in links if link["active"] + link["inactive"]),
+        "links_up": sum(link["active"] for link in links),
+        "links_down": sum(link["inactive"] for link in links),
+    }
+
+
+def nvlink_errors_cell(link: dict[str, Any]) -> str:
+    """The table's NVLink error cell: '-' without links or counters, '0', or the non-zero counters."""
+    counted = {name: n for name, n in link.get("errors", {}).items() if n is not None}
+    if not link.get("active") or not counted:
+        return "-"
+    nonzero = [f"{name}={n}" for name, n in counted.items() if n]
+    return " ".join(nonzero) or "0"
 
 
 def validate(want: Expectations, nvml: Any = None) -> dict[str, Any]:
@@ -420,6 +493,7 @@ def validate(want: Expectations, nvml: Any = None) -> dict[str, Any]:
         "expected": asdict(want),
         "problems": problems,
         "gpus": [asdict(r) | {"ok": r.ok} for r in results],
+        "topology": topology(want, results),
         "timing_s": {
             "nvml_init": round(session.init_s, 4),
             "checks": round(checks_s, 4),
@@ -436,12 +510,12 @@ def _cell(value: Any, fmt: str = "{}") -> str:
 def table(report: dict[str, Any]) -> str:
     """The per-GPU table: one row a GPU (missing ones included), then each problem."""
     head = ["GPU", "PCI", "MODEL", "DRIVER", "TEMP", "POWER", "PERSIST", "ECC", "UNCORR", "REMAP", "PCIE", "MIG",
-            "NVLINK", "RESULT"]  # fmt: skip
+            "NVLINK", "NVLINK-ERR", "RESULT"]  # fmt: skip
     rows = [head]
     for gpu in report["gpus"]:
         v = gpu["values"]
         if not gpu["present"]:
-            rows.append([str(gpu["index"]), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "MISSING"])
+            rows.append([str(gpu["index"])] + ["-"] * (len(head) - 2) + ["MISSING"])
             continue
         remap = v.get("remapped_rows")
         pcie = v.get("pcie", {})
@@ -463,6 +537,7 @@ def table(report: dict[str, Any]) -> str:
                 else f"x{pcie['width']}/x{pcie.get('max_width')} g{pcie.get('generation')}",
                 {True: "on", False: "off"}.get(v.get("mig_current"), "-"),
                 f"{link.get('active', 0)}/{link.get('active', 0) + link.get('inactive', 0)}",
+                nvlink_errors_cell(link),
                 "OK" if gpu["ok"] else "FAIL",
             ]
         )
@@ -473,12 +548,17 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: dict[str, Any], path: str) -> None:
+def write_atomic(path: str, text: str) -> None:
+    """Write a file whole or not at all (a temporary name, then a rename): readers such as
+    node_exporter's textfile collector never see half of it."""
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(report, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+        handle.write(text)
     os.replace(tmp, path)
+
+
+def write_report(report: dict[str, Any], path: str) -> None:
+    write_atomic(path, json.dumps(report, indent=2, sort_keys=True) + "\n")

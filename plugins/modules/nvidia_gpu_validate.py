@@ -11,7 +11,9 @@ description:
     persistence mode, ECC (on, no uncorrectable errors since the last reset), row remapping
     (no pending remap, no failure), the PCIe link width (at its maximum; the generation is
     reported only, since GPUs lower it when idle), temperature and power below their
-    limits, MIG mode, and NVLink state where the GPU has links.
+    limits, MIG mode, and NVLink where the GPU has links: each link's state, the number of
+    links up, and the replay, recovery and CRC (flit, data) error counters of the links
+    that are up, against the node's topology (NVSwitches or not).
   - Fails with a table of every GPU (missing ones included) and the list of problems.
   - Reads only; C(changed) is always false. The JSON report, when O(report_path) is set,
     is written outside check mode as the check's output.
@@ -56,6 +58,34 @@ options:
     description: Every NVLink must be up (hosts with NVSwitches); otherwise down links are reported only.
     type: bool
     default: false
+  nvlink_links_per_gpu:
+    description: NVLinks each GPU must have up (18 on an HGX H100/H200 board); V(0) does not count them.
+    type: int
+    default: 0
+  nvlink_max_errors:
+    description:
+      - NVLink errors tolerated per GPU (all its links, since the driver loaded), per counter; V(-1) skips a counter.
+    type: dict
+    suboptions:
+      replay:
+        description: Replays (the link layer retransmitted).
+        type: int
+        default: 100
+      recovery:
+        description: Recoveries (the link was retrained).
+        type: int
+        default: 0
+      crc_flit:
+        description: Flow-control unit CRC errors.
+        type: int
+        default: 100
+      crc_data:
+        description: Data CRC errors.
+        type: int
+        default: 0
+  nvswitch_count:
+    description: NVSwitches the node has (gpu_facts), recorded in the report's topology.
+    type: int
   report_path:
     description: Where to write the JSON report on the host; empty for none.
     type: path
@@ -71,6 +101,8 @@ EXAMPLES = r"""
     expected_count: 8
     driver_version: "580.95.05"
     nvlink_required: true
+    nvlink_links_per_gpu: 18
+    nvswitch_count: 4
     report_path: /var/lib/gpu-validate/report.json
 """
 
@@ -86,7 +118,14 @@ table:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.nvidia_gpu import Expectations, NvmlUnavailable, table, validate, write_report
+from ansible.module_utils.nvidia_gpu import (
+    NVLINK_MAX_ERRORS,
+    Expectations,
+    NvmlUnavailable,
+    table,
+    validate,
+    write_report,
+)
 
 
 def main() -> None:
@@ -101,6 +140,12 @@ def main() -> None:
             "mig_mode": {"type": "str", "default": "disabled", "choices": ["disabled", "enabled", "any"]},
             "pcie_width": {"type": "bool", "default": True},
             "nvlink_required": {"type": "bool", "default": False},
+            "nvlink_links_per_gpu": {"type": "int", "default": 0},
+            "nvlink_max_errors": {
+                "type": "dict",
+                "options": {name: {"type": "int", "default": limit} for name, limit in NVLINK_MAX_ERRORS.items()},
+            },
+            "nvswitch_count": {"type": "int"},
             "report_path": {"type": "path"},
         },
         supports_check_mode=True,
@@ -116,6 +161,9 @@ def main() -> None:
         mig_mode=p["mig_mode"],
         pcie_width=p["pcie_width"],
         nvlink_required=p["nvlink_required"],
+        nvlink_links_per_gpu=p["nvlink_links_per_gpu"],
+        nvlink_max_errors=p["nvlink_max_errors"] or dict(NVLINK_MAX_ERRORS),
+        nvswitch_count=p["nvswitch_count"],
     )
     try:
         report = validate(want)

@@ -15,8 +15,12 @@ if [ ! -e "$SITE/ansible" ]; then
 fi
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 # ansible.cfg enables a callback from ansible.posix, which only ansible-core lacks.
+# NVLink multicast stays off on the device machines (a shared host's GPUs are at stake).
+export NCCL_NVLS_ENABLE=0
 export ANSIBLE_CONFIG=$PWD/ansible.cfg ANSIBLE_CALLBACKS_ENABLED=ansible.builtin.default ANSIBLE_NOCOLOR=1 ANSIBLE_CACHE_PLUGIN=memory
-playbook() { "$PY" "$SITE/bin/ansible-playbook" -i tests/device/inventory.yml playbooks/gpu.yml "$@"; }
+# Preflight validates a whole site (zones, edge and ops hosts, the service catalogue); this
+# one-host inventory is no site, and preflight has its own tests (tests/preflight).
+playbook() { "$PY" "$SITE/bin/ansible-playbook" -i tests/device/inventory.yml playbooks/gpu.yml --skip-tags preflight "$@"; }
 step() { printf '\n=== %s\n' "$*"; }
 expect() {  # expect RC WANTED WHAT
     if [ "$1" = "$2" ]; then echo "--- as expected: $3 (rc=$1)"; else echo "--- NOT AS EXPECTED: $3 (rc=$1, wanted $2)"; fi
@@ -100,4 +104,47 @@ summary = {
 json.dump(summary, open(sys.argv[1], "w"), indent=2)
 print(json.dumps(summary, indent=2))
 PYEOF
+
+    step "8. the NCCL burn-in"
+    NCCL_TESTS_VERSION=$(sed -n 's/^gpu_validate_burn_in_nccl_tests_version: "\(.*\)"/\1/p' roles/gpu_validate/defaults/main.yml)
+    TARBALL=$PWD/.dl/nccl-tests-$NCCL_TESTS_VERSION.tar.gz
+    echo "nccl-tests $NCCL_TESTS_VERSION: $(sha256sum "$TARBALL" 2>&1)"
+    echo "nvcc: $(/usr/local/cuda/bin/nvcc --version 2>&1 | grep release)"
+    # NCCL from the image's pip wheel (nvidia-nccl-cu13), in the layout of an NCCL_HOME.
+    NCCL_PKG=$("$PY" -c 'import nvidia.nccl as m; print(list(m.__path__)[0])')
+    mkdir -p /tmp/nccl-home/lib
+    ln -sfn "$NCCL_PKG/include" /tmp/nccl-home/include
+    for f in "$NCCL_PKG"/lib/libnccl.so*; do ln -sf "$f" /tmp/nccl-home/lib/; done
+    [ -e /tmp/nccl-home/lib/libnccl.so ] || ln -s "$NCCL_PKG/lib/libnccl.so.2" /tmp/nccl-home/lib/libnccl.so
+    echo "NCCL: $NCCL_PKG ($(ls "$NCCL_PKG/lib"), $(grep -m1 'define NCCL_VERSION_CODE' "$NCCL_PKG/include/nccl.h"))"
+    mkdir -p "$OUT/burn-in" "$OUT/metrics"
+    # shellcheck disable=SC2086  # $relax is a list of -e options
+    burn() { playbook --tags gpu_burn_in $relax -e gpu_validate_burn_in_textfile_directory="$OUT/metrics" "$@"; }
+
+    step "8a. negative: the burn-in asked for (--tags gpu_burn_in) without a source URL"
+    burn -e gpu_validate_report_path="$OUT/report-burn-in-no-url.json"
+    expect $? 2 "fails naming gpu_validate_burn_in_nccl_tests_url"
+
+    step "8b. the same with gpu_validate_burn_in_allow_skip: recorded as skipped"
+    burn -e gpu_validate_burn_in_allow_skip=true -e gpu_validate_report_path="$OUT/report-burn-in-skipped.json"
+    expect $? 0 "the report and the metrics say skipped"
+    cp "$OUT/metrics/gpu_validate_burn_in.prom" "$OUT/burn-in/skipped.prom"
+
+    step "8c. check mode: nothing is built or run"
+    burn --check -e gpu_validate_burn_in_nccl_tests_url="file://$TARBALL" -e gpu_validate_report_path="$OUT/report-burn-in-check.json"
+    expect $? 0 "check mode says the burn-in runs only for real"
+    echo "built in check mode? $(ls /opt/llm-cluster/nccl-tests 2>&1)"
+
+    step "8d. the burn-in: build nccl-tests from the pinned source, all-reduce on every GPU"
+    SECONDS=0
+    burn -e gpu_validate_burn_in_nccl_tests_url="file://$TARBALL" -e gpu_validate_report_path="$OUT/burn-in/report.json"
+    expect $? 0 "the burn-in passes (one GPU: bandwidth not checked, with the reason)"
+    echo "8d took ${SECONDS} s (playbook, build and all-reduce)"
+
+    step "8e. again: nothing to build, the all-reduce runs again, nothing changed"
+    SECONDS=0
+    burn -e gpu_validate_burn_in_nccl_tests_url="file://$TARBALL" -e gpu_validate_report_path="$OUT/burn-in/report-again.json"
+    expect $? 0 "the burn-in passes again"
+    echo "8e took ${SECONDS} s (playbook and all-reduce, no build)"
+    cp "$OUT/metrics/gpu_validate_burn_in.prom" "$OUT/burn-in/passed.prom"
 } 2>&1 | tee "$OUT/device-run.log"

@@ -3,7 +3,8 @@
 Order matters and follows file names: test_00_site.py checks what the converge itself
 reported (check mode on fresh hosts, failed=0, a second run with changed=0); layer tests
 (test_10_base.py, ...) assert behaviour on the converged lab; test_90_drift.py tampers
-with hosts and must run last.
+with hosts, and test_95_example_site.py converges a site copied from inventories/example
+onto the lab's hosts: both run after every behaviour test.
 
 Environment:
   LAB_KEEP=1      leave the lab running afterwards (default: `scripts/lab down` at the end)

@@ -3,11 +3,7 @@ before any task runs on any host."""
 
 from __future__ import annotations
 
-import re
-import secrets
-import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,7 +12,7 @@ import yaml
 from labkit.layout import VAULT_PASS
 from toolkit.ansible_run import PlaybookRun, run_playbook
 
-from tests.helpers import certs
+from tests.helpers import certs, example_site
 
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORIES = Path(__file__).resolve().parent / "inventories"
@@ -292,34 +288,9 @@ def test_shipped_inventories_are_valid(site: str):
 def test_a_site_copied_from_the_example_as_the_readme_says_passes(tmp_path: Path):
     """README "Pointing it at real hosts", steps 1-3, then preflight with every role's checks:
     the documented path gives an inventory preflight accepts (hosts are not contacted)."""
-    site = tmp_path / "mysite"
-    shutil.copytree(ROOT / "inventories" / "example", site)
-    hosts = site / "hosts.yml"
-    text = hosts.read_text()
-    for old, new in (("198.51.100.10", "10.255.1.10"), ("192.0.2.21", "10.255.2.21"),
-                     ("192.0.2.22", "10.255.2.22"), ("203.0.113.31", "10.255.3.31")):  # fmt: skip
-        text = text.replace(old, new)
-    hosts.write_text(text)
-    cluster = site / "group_vars" / "all" / "cluster.yml"
-    data = yaml.safe_load(cluster.read_text())
-    data["cluster_admin_networks"] = ["10.255.0.0/24"]
-    for user in data["cluster_admin_users"]:
-        user["ssh_keys"] = [ADMIN_KEY]
-    cluster.write_text(yaml.safe_dump(data))
-    base = site / "group_vars" / "all" / "base.yml"
-    base.write_text("common_ntp_servers: [ntp1.corp.internal]\ncommon_apt_proxy: ''\n")
-    for settings in (site / "group_vars").rglob("*.yml"):  # the other names under .example
-        settings.write_text(settings.read_text().replace(".corp.example", ".corp.internal"))
-    serving = site / "group_vars" / "all" / "serving.yml"  # the digest the site's mirror shows
-    serving.write_text(re.sub("(?:0123456789abcdef){4}", secrets.token_hex(32), serving.read_text()))
-    example = (site / "group_vars" / "all" / "secrets.vault.yml.example").read_text()
-    filled = re.sub("REPLACE_ME", lambda _: secrets.token_hex(24), example)
-    (site / "group_vars" / "all" / "secrets.vault.yml").write_text(filled)
-    vault_pass = tmp_path / "vault-pass"
-    vault_pass.write_text(secrets.token_hex(16))
-    vault = Path(sys.executable).with_name("ansible-vault")
-    encrypt = [str(vault), "encrypt", "--vault-password-file", str(vault_pass)]
-    subprocess.run([*encrypt, str(site / "group_vars" / "all" / "secrets.vault.yml")], check=True, capture_output=True)
+    addresses = {"edge01": "10.255.1.10", "gpu01": "10.255.2.21", "gpu02": "10.255.2.22", "ops01": "10.255.3.31"}
+    admins = [{"name": "alice", "ssh_keys": [ADMIN_KEY]}, {"name": "bob", "ssh_keys": [ADMIN_KEY]}]
+    site, vault_pass = example_site.copy_example(tmp_path, addresses, ["10.255.0.0/24"], admins)
     _assert_inventory_passes(site, "--vault-password-file", str(vault_pass))
 
 

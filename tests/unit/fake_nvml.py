@@ -44,6 +44,10 @@ class FakeGpu:
     power_limit_mw: int = 700_000
     mig: tuple[int, int] | None = (0, 0)
     nvlinks: list[int] = field(default_factory=lambda: [1] * 18)
+    # (link, counter) -> count since the driver loaded; a counter missing from the dict reads 0.
+    nvlink_errors: dict[tuple[int, int], int] = field(default_factory=dict)
+    # The error counters are not supported (as on GPUs that publish them only as field values).
+    nvlink_counters: bool = True
 
 
 class FakeNvml:
@@ -58,6 +62,10 @@ class FakeNvml:
     NVML_TEMPERATURE_GPU = 0
     NVML_DEVICE_MIG_ENABLE = 1
     NVML_NVLINK_MAX_LINKS = 36
+    NVML_NVLINK_ERROR_DL_REPLAY = 0
+    NVML_NVLINK_ERROR_DL_RECOVERY = 1
+    NVML_NVLINK_ERROR_DL_CRC_FLIT = 2
+    NVML_NVLINK_ERROR_DL_CRC_DATA = 3
 
     def __init__(self, gpus: list[FakeGpu], driver: str = "580.95.05", init_error: int | None = None):
         self.gpus = gpus
@@ -150,6 +158,13 @@ class FakeNvml:
         if link >= len(links):
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED if not links else NVML_ERROR_INVALID_ARGUMENT)
         return links[link]
+
+    def nvmlDeviceGetNvLinkErrorCounter(self, h: int, link: int, counter: int) -> int:
+        gpu = self._gpu(h)
+        if not gpu.nvlink_counters or link >= len(gpu.nvlinks):
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        assert 0 <= counter <= self.NVML_NVLINK_ERROR_DL_CRC_DATA, counter
+        return gpu.nvlink_errors.get((link, counter), 0)
 
 
 def hgx(n: int = 8, **overrides) -> FakeNvml:

@@ -102,7 +102,21 @@ def test_healthy_node_passes_and_reads_every_gpu():
     assert report["ok"], report["problems"]
     assert report["gpu_count"] == 8
     assert [g["pci_address"] for g in report["gpus"]][:2] == ["0000:18:00.0", "0000:2a:00.0"]
-    assert report["gpus"][0]["values"]["nvlink"] == {"active": 18, "inactive": 0}
+    assert report["gpus"][0]["values"]["nvlink"] == {
+        "active": 18,
+        "inactive": 0,
+        "down": [],
+        "errors": {"replay": 0, "recovery": 0, "crc_flit": 0, "crc_data": 0},
+        "links_with_errors": {},
+    }
+    assert report["topology"] == {
+        "nvswitch_count": None,
+        "nvlink_required": True,
+        "links_per_gpu_expected": None,
+        "gpus_with_nvlink": 8,
+        "links_up": 144,
+        "links_down": 0,
+    }
     assert report["gpus"][0]["values"]["power_w"] == 71.0
     assert not nvml.initialised  # NVML shut down again
 
@@ -135,7 +149,7 @@ def test_missing_gpu_gets_a_row():
     report = ng.validate(ng.Expectations(count=8), nvml=hgx(7))
     assert report["problems"][0] == "7 GPU(s) found, 8 expected"
     assert report["gpus"][7]["present"] is False
-    assert ng.table(report).splitlines()[8].split() == ["7"] + ["-"] * 12 + ["MISSING"]
+    assert ng.table(report).splitlines()[8].split() == ["7"] + ["-"] * 13 + ["MISSING"]
 
 
 def test_driver_mismatch_fails_every_gpu():
@@ -155,7 +169,8 @@ def test_driver_mismatch_fails_every_gpu():
         ({"temperature": 91}, "temperature 91 C"),
         ({"power_mw": 690_000}, "power 690.0 W is above 95% of the 700.0 W limit"),
         ({"mig": (1, 1)}, "MIG is on, expected disabled"),
-        ({"nvlinks": [1] * 16 + [0, 0]}, "2 of 18 NVLinks are down"),
+        ({"nvlinks": [1] * 16 + [0, 0]}, "2 of 18 NVLinks are down (links 16, 17)"),
+        ({"nvlink_errors": {(4, 1): 1}}, "1 NVLink recovery error(s) on link(s) 4, 0 tolerated"),
         ({"remapped_rows": (0, 0, 0, 1)}, "row remapping failed"),
     ],
 )
@@ -195,8 +210,9 @@ def test_nvml_not_loadable(code):
 def test_eight_gpus_take_few_nvml_calls():
     nvml = hgx(8)
     ng.validate(ng.Expectations(count=8), nvml=nvml)
-    # 18 links + the first absent one, plus the per-GPU reads: bounded, whatever the binding's link maximum.
-    assert nvml.calls <= 8 * 40
+    # Per GPU: 18 link states + the first absent one, 4 error counters of each link that is up,
+    # and the other reads: bounded, whatever the binding's link maximum.
+    assert nvml.calls <= 8 * (19 + 18 * 4 + 20)
 
 
 # --- the module ---------------------------------------------------------------------
@@ -277,3 +293,111 @@ def test_an_unexpected_nvml_error_is_a_failure_not_a_crash():
     nvml.nvmlDeviceGetPersistenceMode = lost
     report = ng.validate(ng.Expectations(), nvml=nvml)
     assert report["problems"] == ["GPU 1: NVML could not read nvmlDeviceGetPersistenceMode: NVML Error with code 15"]
+
+
+# --- NVLink -------------------------------------------------------------------------
+
+
+def test_nvlink_error_counters_over_their_thresholds_fail_naming_the_links():
+    nvml = hgx(8)
+    nvml.gpus[2].nvlink_errors = {(3, 0): 60, (7, 0): 41, (7, 2): 5, (11, 3): 2}  # replay, crc_flit, crc_data
+    report = ng.validate(ng.Expectations(count=8, nvlink_required=True), nvml=nvml)
+    assert report["problems"] == [
+        "GPU 2: 101 NVLink replay error(s) on link(s) 3, 7, 100 tolerated",
+        "GPU 2: 2 NVLink crc_data error(s) on link(s) 11, 0 tolerated",
+    ]
+    link = report["gpus"][2]["values"]["nvlink"]
+    assert link["errors"] == {"replay": 101, "recovery": 0, "crc_flit": 5, "crc_data": 2}
+    assert link["links_with_errors"] == {"3": {"replay": 60}, "7": {"replay": 41, "crc_flit": 5}, "11": {"crc_data": 2}}
+    row = next(r for r in ng.table(report).splitlines() if r.startswith("2 "))
+    assert "replay=101 crc_flit=5 crc_data=2" in row and row.endswith("FAIL")
+    assert next(r for r in ng.table(report).splitlines() if r.startswith("1 ")).split()[-2:] == ["0", "OK"]
+
+
+def test_nvlink_thresholds_are_settings_and_minus_one_skips():
+    nvml = hgx(1)
+    nvml.gpus[0].nvlink_errors = {(0, 1): 3, (1, 2): 500}
+    lenient = ng.Expectations(nvlink_max_errors={"replay": 100, "recovery": -1, "crc_flit": 1000, "crc_data": 0})
+    assert ng.validate(lenient, nvml=nvml)["ok"]
+    report = ng.validate(ng.Expectations(), nvml=nvml)  # the defaults
+    assert report["problems"] == [
+        "GPU 0: 3 NVLink recovery error(s) on link(s) 0, 0 tolerated",
+        "GPU 0: 500 NVLink crc_flit error(s) on link(s) 1, 100 tolerated",
+    ]
+
+
+def test_errors_of_down_links_are_not_read_and_unsupported_counters_are_not_zero():
+    nvml = hgx(1)
+    nvml.gpus[0].nvlinks = [1, 0, 1]
+    nvml.gpus[0].nvlink_errors = {(1, 3): 9}  # a down link's counter is not read
+    link = ng.validate(ng.Expectations(), nvml=nvml)["gpus"][0]["values"]["nvlink"]
+    assert link["down"] == [1] and link["errors"]["crc_data"] == 0
+    nvml.gpus[0].nvlink_counters = False
+    report = ng.validate(ng.Expectations(), nvml=nvml)
+    assert report["gpus"][0]["values"]["nvlink"]["errors"] == dict.fromkeys(ng.NVLINK_MAX_ERRORS)
+    assert report["ok"], report["problems"]
+    assert ng.nvlink_errors_cell(report["gpus"][0]["values"]["nvlink"]) == "-"
+
+
+def test_link_count_per_gpu_and_topology_from_gpu_facts():
+    nvml = hgx(8)
+    nvml.gpus[5].nvlinks = [1] * 12  # a GPU with fewer links than the board's others
+    want = ng.Expectations(count=8, nvlink_required=True, nvlink_links_per_gpu=18, nvswitch_count=4)
+    report = ng.validate(want, nvml=nvml)
+    assert report["problems"] == ["GPU 5: 12 NVLinks up, 18 expected"]
+    assert report["topology"] == {
+        "nvswitch_count": 4,
+        "nvlink_required": True,
+        "links_per_gpu_expected": 18,
+        "gpus_with_nvlink": 8,
+        "links_up": 7 * 18 + 12,
+        "links_down": 0,
+    }
+
+
+def test_a_gpu_without_nvlink_on_a_node_without_nvswitch_is_healthy():
+    nvml = FakeNvml([FakeGpu(nvlinks=[])])  # one PCIe GPU, as on the device machine
+    report = ng.validate(ng.Expectations(count=1, nvswitch_count=0), nvml=nvml)
+    assert report["ok"], report["problems"]
+    assert report["topology"]["gpus_with_nvlink"] == 0
+    row = ng.table(report).splitlines()[1].split()
+    assert row[-3:] == ["0/0", "-", "OK"]
+
+
+def test_nvswitch_node_whose_gpus_show_no_link_fails():
+    nvml = FakeNvml([FakeGpu(nvlinks=[])])
+    report = ng.validate(ng.Expectations(nvlink_required=True, nvswitch_count=4), nvml=nvml)
+    assert report["problems"] == ["GPU 0: no active NVLink, but the node has NVSwitches"]
+
+
+def test_recorded_device_report_renders():
+    """The report the single-GPU device run wrote (docs/gpu/), through today's table."""
+    report = json.loads((ROOT / "docs" / "gpu" / "report-healthy.json").read_text())
+    rows = ng.table(report).splitlines()
+    assert rows[0].split()[-3:] == ["NVLINK", "NVLINK-ERR", "RESULT"]
+    assert rows[1].split()[-3:] == ["0/0", "-", "OK"]
+
+
+def test_module_and_cli_take_the_nvlink_settings(tmp_path, capsys, monkeypatch):
+    nvml = hgx(2)
+    nvml.gpus[1].nvlink_errors = {(0, 1): 2}
+    args = {"nvlink_links_per_gpu": 18, "nvlink_max_errors": {"recovery": 5}, "nvswitch_count": 4}
+    result = run_module(args, capsys, monkeypatch, nvml)
+    assert not result.get("failed"), result["msg"]
+    assert result["report"]["expected"]["nvlink_max_errors"] == {"replay": 100, "recovery": 5, "crc_flit": 100,
+                                                                 "crc_data": 0}  # fmt: skip
+    assert result["report"]["topology"]["nvswitch_count"] == 4
+    assert cli.main(["--nvlink-max-errors", "recovery=1"], nvml=nvml) == 1
+    assert "GPU 1: 2 NVLink recovery error(s) on link(s) 0, 1 tolerated" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["--nvlink-max-errors", "bogus=1"], nvml=nvml)
+    assert "expected COUNTER=N" in capsys.readouterr().err
+
+
+def test_recorded_h200_report_has_the_nvlink_fields():
+    """The single-H200 device run of the NVLink checks (docs/gpu/h200/): a VM exposes no link."""
+    report = json.loads((ROOT / "docs" / "gpu" / "h200" / "report-healthy.json").read_text())
+    assert report["ok"] and report["gpus"][0]["name"] == "NVIDIA H200"
+    assert report["gpus"][0]["values"]["nvlink"]["active"] == 0
+    assert report["topology"]["nvswitch_count"] == 0 and report["topology"]["gpus_with_nvlink"] == 0
+    assert ng.table(report).splitlines()[1].split()[-3:] == ["0/0", "-", "OK"]
