@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from labkit.layout import INVENTORY, ROOT, SITE, SSH_KEY, VAULT_PASS
 from toolkit.ansible_run import PlaybookRun, run_lab
 
 # What the lab tests import from here besides the fixtures.
-__all__ = ["INVENTORY", "ROOT", "VAULT_PASS", "Lab", "quote"]
+__all__ = ["INVENTORY", "ROOT", "VAULT_PASS", "Lab", "quote", "wait_for"]
 
 
 @dataclass
@@ -104,3 +105,15 @@ def _summary(run: PlaybookRun) -> str:
 
 def quote(s: str) -> str:
     return shlex.quote(s)
+
+
+def wait_for(what: str, check, timeout: float = 120, interval: float = 3):
+    """Poll check() until it returns something truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

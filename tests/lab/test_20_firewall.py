@@ -41,6 +41,7 @@ def expected(lab: Lab) -> list[tuple[set[str], set[str], set[str]]]:
         (set(lab.hosts("ops")), set(lab.hosts()), {"node_exporter", "dcgm_exporter", "edge_metrics", "llm_serving"}),
         (set(lab.hosts("app")), set(lab.hosts("data")), {"image_registry"}),  # app -> data-zone services
         ({CONTROLLER}, set(lab.hosts("ops")), {"prometheus", "alertmanager", "grafana"}),  # consoles
+        (set(lab.hosts()), set(lab.hosts("ops")), {"audit_log"}),  # every host's audit trail -> the log server
     ]
 
 

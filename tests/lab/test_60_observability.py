@@ -22,7 +22,7 @@ import urllib.parse
 
 import pytest
 import yaml
-from conftest import ROOT, VAULT_PASS, Lab, _summary, quote
+from conftest import ROOT, VAULT_PASS, Lab, _summary, quote, wait_for
 
 from tests.promtool import promkit
 
@@ -60,18 +60,6 @@ def prom(lab: Lab, path: str, port: int = 9090, **params: str) -> dict:
 
 def query(lab: Lab, expr: str) -> list[dict]:
     return prom(lab, "/api/v1/query", query=expr)["data"]["result"]
-
-
-def wait_for(what: str, check, timeout: float = 120, interval: float = 3):
-    """Poll check() until it returns something truthy; fail with `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def read_fact(lab: Lab, host: str, name: str) -> dict | None:

@@ -104,6 +104,11 @@ EXPECTED = {
         ("prometheus", "9090", "172.31.242.1/32"),
         ("alertmanager", "9093", "172.31.242.1/32"),
         ("grafana", "3000", "172.31.242.1/32"),
+        # The audit trail from every host, the log server's own included (issue 23).
+        ("audit_log", "6514", "172.31.242.11/32"),
+        ("audit_log", "6514", "172.31.242.21/32"),
+        ("audit_log", "6514", "172.31.242.22/32"),
+        ("audit_log", "6514", "172.31.242.31/32"),
     },
 }
 
