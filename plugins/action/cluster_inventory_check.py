@@ -52,6 +52,7 @@ def _load_engine(path: Path | None = None, name: str = "llm_cluster_value_rules"
 
 value_rules = _load_engine()
 vault_pgp = _load_engine(Path(__file__).parents[1] / "filter" / "vault_pgp.py", "llm_cluster_vault_pgp")
+object_storage = _load_engine(Path(__file__).parents[1] / "filter" / "object_storage.py", "llm_cluster_object_storage")
 
 # Variables Ansible itself defines or that connection plugins read; never role inputs.
 MAGIC_PREFIXES = ("ansible_", "molecule_", "lab_", "_")
@@ -498,6 +499,27 @@ def check_vault(hostvars: Mapping[str, Any], groups: Mapping[str, list[str]]) ->
     return errors, warnings
 
 
+def check_object_storage(
+    hostvars: Mapping[str, Any], groups: Mapping[str, list[str]], defaults: Mapping[str, Any]
+) -> list[str]:
+    """The storage cluster (roles/object_storage): monitors, OSDs against the replicas, the
+    failure domain, devices listed once, identities and buckets; the rules are the role's own
+    (plugins/filter/object_storage.py)."""
+    named = {
+        str(hostvars[h]["object_storage_group"]) for h in groups.get("all", []) if "object_storage_group" in hostvars[h]
+    }
+    group_name = sorted(named)[0] if named else str(defaults.get("object_storage_group", "storage"))
+    hosts = groups.get(group_name, [])
+    if not hosts:
+        return []
+    first = hostvars[hosts[0]]
+    settings = {
+        name: first[name] if name in first else defaults.get(name, value)
+        for name, value in object_storage.SETTINGS.items()
+    }
+    return object_storage.topology_problems(group_name, groups, hostvars, settings, defaults)
+
+
 # Inventory-level connection settings that defeat the plays' `become: true`: an inventory
 # variable outranks a play keyword.
 def check_connection(hostvars_of: Mapping[str, Any]) -> list[str]:
@@ -752,6 +774,7 @@ class ActionModule(ActionBase):
         errors += check_addresses(addresses)
         vault_errors, vault_warnings = check_vault(hostvars, groups)
         errors += vault_errors
+        errors += check_object_storage(hostvars, groups, defaults)
         errors = merge_host_messages(errors, groups)
         result["changed"] = False
         if vault_warnings:

@@ -32,7 +32,7 @@ CHAIN_SSH = "CLUSTER-FW-SSH"
 CHAIN_DOCKER = "CLUSTER-FW-DOCKER"
 RECENT_NAME = {4: "cluster_fw_ssh", 6: "cluster_fw_ssh6"}
 ANY = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
-FLOW_KEYS = frozenset({"name", "services", "from", "to", "description"})
+FLOW_KEYS = frozenset({"name", "services", "from", "to", "description", "optional"})
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}\+?$")
 DENY_ACTIONS = ("DROP", "REJECT")
@@ -220,7 +220,7 @@ def _check_flow(policy: Policy, index: int, flow: Any, seen: set[str]) -> tuple[
     if unknown:
         policy.problems.append(
             f"{where}: unknown key(s) {', '.join(unknown)} "
-            "(a flow has name, services, from, optional to and description)"
+            "(a flow has name, services, from, and optionally to, description and optional)"
         )
     services, sources, targets = _as_list(flow.get("services")), _as_list(flow.get("from")), flow.get("to")
     if not services:
@@ -233,6 +233,22 @@ def _check_flow(policy: Policy, index: int, flow: Any, seen: set[str]) -> tuple[
         policy.problems.append(f"{where}: to must be a non-empty list of inventory groups or hosts when set")
         return None
     return name, services, sources, targets
+
+
+def _flow_applies(policy: Policy, services: list[Any], sources: list[Any], targets: Any) -> bool:
+    """Whether an `optional: true` flow's services are all in the catalogue and the groups or
+    hosts it names all exist in the inventory (`any` and addresses always do)."""
+    if not all(str(s) in policy.services for s in services):
+        return False
+    for entry in [*sources, *(_as_list(targets) or [])]:
+        text = str(entry)
+        if text == "any" or text in policy.groups or text in policy.hostvars:
+            continue
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return False
+    return True
 
 
 def compile_policy(
@@ -298,6 +314,9 @@ def compile_policy(
         if checked is None:
             continue
         name, service_names, sources, targets = checked
+        if flow.get("optional") and not _flow_applies(policy, service_names, sources, targets):
+            # A layer this site does not have (no such service or group): nothing to allow.
+            continue
         where = f"firewall_flows '{name}'"
         nets: list[IPNetwork] = []
         for entry in sources:
@@ -308,6 +327,10 @@ def compile_policy(
             if svc is None:
                 continue
             dest = svc["hosts"] if target_hosts is None else svc["hosts"] & target_hosts
+            if not svc["hosts"]:
+                # The service's group is declared but empty: a layer the site has not deployed
+                # yet (e.g. `storage: {}` in the example). Its flows wait for its hosts.
+                continue
             if not dest:
                 problems.append(
                     f"{where}: no host runs service '{svc['name']}' there (its group and the flow's to have no host "

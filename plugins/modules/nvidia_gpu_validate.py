@@ -11,9 +11,9 @@ description:
     persistence mode, ECC (on, no uncorrectable errors since the last reset), row remapping
     (no pending remap, no failure), the PCIe link width (at its maximum; the generation is
     reported only, since GPUs lower it when idle), temperature and power below their
-    limits, MIG mode, and NVLink where the GPU has links: each link's state, the number of
+    limits, MIG mode, and NVLink where the GPU has links (each link's state, the number of
     links up, and the replay, recovery and CRC (flit, data) error counters of the links
-    that are up, against the node's topology (NVSwitches or not).
+    that are up, against the node's topology, NVSwitches or not).
   - Fails with a table of every GPU (missing ones included) and the list of problems.
   - Reads only; C(changed) is always false. The JSON report, when O(report_path) is set,
     is written outside check mode as the check's output.

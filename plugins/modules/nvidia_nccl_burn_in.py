@@ -11,9 +11,9 @@ description:
     output, and fails when it did not finish, ran on another number of GPUs, produced wrong
     values, or when the bus bandwidth at the largest size is below the threshold for the
     GPU model (O(min_busbw_gbps)).
-  - On one GPU nothing crosses a link (bus bandwidth 0 by definition): the bandwidth is not
-    checked and the result says so; correctness still is.
-  - Where nccl-tests could not be had, O(skip_reason) records why instead of running: the
+  - On one GPU nothing crosses a link (bus bandwidth 0 by definition), so the bandwidth is
+    not checked and the result says so; correctness still is.
+  - Where nccl-tests could not be had, O(skip_reason) records why instead of running, and the
     result is C(skipped) with that reason, never C(passed). Whether a skip fails the run is the
     caller's decision (gpu_validate fails unless gpu_validate_burn_in_allow_skip).
   - The result goes under C(burn_in) into the JSON report at O(report_path) (gpu_validate's),
@@ -62,7 +62,7 @@ options:
     description:
       - Bus bandwidth (GB/s) the node must reach, by GPU model. A key equal to the model name
         (as CUDA names it, e.g. C(NVIDIA H100 80GB HBM3)) wins, else the longest key found in
-        it (C(H100)). No fitting key: the bandwidth is reported, not checked.
+        it (C(H100)). No fitting key, and the bandwidth is reported, not checked.
     type: dict
     default: {}
   models:

@@ -9,10 +9,13 @@ by accident).
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import string
+import struct
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +36,11 @@ def _password(n: int = 24) -> Generator:
     return lambda: "".join(secrets.choice(alphabet) for _ in range(n))
 
 
+def _cephx_key() -> str:
+    """A cephx secret as `ceph-authtool --gen-print-key` makes it (AES, creation time, 16 random bytes)."""
+    return base64.b64encode(struct.pack("<HIIH", 1, int(time.time()), 0, 16) + secrets.token_bytes(16)).decode()
+
+
 # Every secret the lab needs, by its name in `cluster_secrets`, with how to make one.
 # A role that needs a new secret adds its name here (and documents it in its README).
 SECRET_SPECS: dict[str, Generator] = {
@@ -42,6 +50,12 @@ SECRET_SPECS: dict[str, Generator] = {
     "pki_ca_passphrase": _password(32),
     # edge_proxy: the API keys the edge accepts, client name -> key.
     "edge_api_keys": lambda: {"lab-client": secrets.token_hex(24), "lab-bench": secrets.token_hex(24)},
+    # object_storage: the Ceph cluster's bootstrap keys (cephx), and one S3 key per identity.
+    "object_storage_cephx_keys": lambda: {name: _cephx_key() for name in ("mon", "admin", "bootstrap_osd")},
+    "object_storage_s3_keys": lambda: {
+        uid: {"access_key": secrets.token_hex(10).upper(), "secret_key": secrets.token_hex(20)}
+        for uid in ("backups", "models", "k8s-backups")
+    },
 }
 
 

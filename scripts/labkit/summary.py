@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import secrets, topology
+from . import s3, secrets, topology
 from .shell import run
 
 # Lab consoles worth a URL, by service catalogue name.
@@ -73,6 +73,33 @@ def try_request(url: str, key: str, body: dict[str, Any], cafile: Path) -> str:
         return f"FAILED: {exc}"
 
 
+def show_object_storage(
+    topo: topology.Topology, catalogue: dict[str, Any], state: Path, vault_pass: Path, secrets_file: Path
+) -> None:
+    """The S3 endpoint (roles/object_storage), tried with the `models` identity, and a curl line."""
+    hosts = [h for h in topo.hosts if catalogue.get("object_storage", {}).get("group") in h.groups]
+    if not hosts:
+        return
+    url = f"https://{hosts[0].address}:{catalogue['object_storage']['port']}"
+    print(f"\nObject storage (S3, Ceph RADOS gateway): {url} ({hosts[0].name}; buckets backups, models, k8s-backups)")
+    ca = fetch_ca(topo, hosts[0].name, "/etc/ssl/cluster", state / "ca.crt")
+    keys = secrets.read_secrets(vault_pass, secrets_file).get("object_storage_s3_keys", {})
+    if ca is None or "models" not in keys:
+        print("  not converged yet: run `make lab-converge` first")
+        return
+    try:
+        listed = s3.client(topo, "models", ca).list_objects_v2(Bucket="models", MaxKeys=1000)
+        print(f"  tried it just now as `models`: bucket models holds {listed.get('KeyCount', 0)} object(s)")
+    except Exception as exc:  # the summary reports what failed, it does not stop
+        print(f"  tried it just now: FAILED: {exc}")
+    key = keys["models"]
+    user = shlex.quote(f"{key['access_key']}:{key['secret_key']}")
+    print("  list the models bucket with curl (SigV4):")
+    print(f"    curl --cacert {shlex.quote(str(ca))} --aws-sigv4 aws:amz:default:s3 --user {user} {url}/models/")
+    print("  cluster state: `scripts/lab ssh ops1`, then `sudo ceph -s`; the other identities' keys are in")
+    print(f"  object_storage_s3_keys (ansible-vault view --vault-password-file {vault_pass} {secrets_file})")
+
+
 def show(topo: topology.Topology, inventory: Path, state: Path, vault_pass: Path, secrets_file: Path) -> None:
     catalogue = _group_vars(inventory, "services.yml")["cluster_services"]
 
@@ -107,6 +134,8 @@ def show(topo: topology.Topology, inventory: Path, state: Path, vault_pass: Path
         print("  streamed (server-sent events, token by token):")
         print(f"    {common} -N {json_type} -d {shlex.quote(json.dumps(body | {'stream': True}))}")
         print(f"  other lab keys: ansible-vault view --vault-password-file {vault_pass} {secrets_file}")
+
+    show_object_storage(topo, catalogue, state, vault_pass, secrets_file)
 
     observability = _group_vars(inventory, "observability.yml")
     print("\nConsoles (reachable from this machine: the lab's admin network is its gateway):")

@@ -38,8 +38,15 @@ def expected(lab: Lab) -> list[tuple[set[str], set[str], set[str]]]:
         ({CONTROLLER}, set(lab.hosts()), {"ssh"}),  # admin network -> SSH everywhere
         (everyone, set(lab.hosts("edge")), {"https", "http"}),  # anyone -> the edge
         (set(lab.hosts("dmz")), set(lab.hosts("app")), {"llm_serving"}),  # edge -> serving
-        (set(lab.hosts("ops")), set(lab.hosts()), {"node_exporter", "dcgm_exporter", "edge_metrics", "llm_serving"}),
-        (set(lab.hosts("app")), set(lab.hosts("data")), {"image_registry"}),  # app -> data-zone services
+        (
+            set(lab.hosts("ops")),
+            set(lab.hosts()),
+            {"node_exporter", "dcgm_exporter", "edge_metrics", "llm_serving", "object_storage_metrics"},
+        ),
+        (set(lab.hosts("app")), set(lab.hosts("data")), {"image_registry", "object_storage"}),  # app -> data zone
+        ({CONTROLLER}, set(lab.hosts("storage")), {"object_storage"}),  # operators -> S3
+        # the storage cluster's own traffic, between its hosts only
+        (set(lab.hosts("storage")), set(lab.hosts("storage")), {"ceph_mon", "ceph_mon_v1", "ceph_daemons"}),
         ({CONTROLLER}, set(lab.hosts("ops")), {"prometheus", "alertmanager", "grafana"}),  # consoles
         (set(lab.hosts()), set(lab.hosts("ops")), {"audit_log"}),  # every host's audit trail -> the log server
     ]

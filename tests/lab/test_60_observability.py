@@ -140,6 +140,9 @@ def expected_targets(lab: Lab) -> set[tuple[str, str]]:
                  ("blackbox", "127.0.0.1:9115")}  # fmt: skip
     if HAS_EDGE:
         expected |= {("edge", f"{lab.address(h)}:{services['edge_metrics']['port']}") for h in lab.hosts("edge")}
+    for host in lab.hosts("storage"):
+        if (read_fact(lab, host, "object_storage") or {}).get("manager"):
+            expected.add(("ceph", f"{lab.address(host)}:{services['object_storage_metrics']['port']}"))
     for host in lab.hosts("gpu_nodes"):
         if (read_fact(lab, host, "nvidia_gpu") or {}).get("count", 0) > 0:
             expected.add(("dcgm", f"{lab.address(host)}:{services['dcgm_exporter']['port']}"))

@@ -24,6 +24,7 @@ GROUPS = {
     "edge": ["edge1"],
     "gpu_nodes": ["gpu1", "gpu2"],
     "ops": ["ops1"],
+    "storage": ["ops1"],
     "container_hosts": ["gpu1", "gpu2", "ops1"],
 }
 HOSTVARS = {h: {"ansible_host": a} for h, a in HOSTS.items()}
@@ -109,6 +110,15 @@ EXPECTED = {
         ("audit_log", "6514", "172.31.242.21/32"),
         ("audit_log", "6514", "172.31.242.22/32"),
         ("audit_log", "6514", "172.31.242.31/32"),
+        # Object storage (issue 21): the managers' metrics from the monitoring host (itself),
+        # S3 from the GPU nodes and the operators, the Ceph cluster ports between storage hosts.
+        ("object_storage_metrics", "9283", "172.31.242.31/32"),
+        ("object_storage", "7480", "172.31.242.21/32"),
+        ("object_storage", "7480", "172.31.242.22/32"),
+        ("object_storage", "7480", "172.31.242.1/32"),
+        ("ceph_mon", "3300", "172.31.242.31/32"),
+        ("ceph_mon_v1", "6789", "172.31.242.31/32"),
+        ("ceph_daemons", "6800:7300", "172.31.242.31/32"),
     },
 }
 
@@ -228,6 +238,28 @@ def test_ipv6_sources_only_in_ipv6_rules():
 def test_policy_mistakes_are_refused_with_a_fix(flow, expected):
     problems = compile_for("gpu1", [*default_flows(), flow])["problems"]
     assert any(expected in p for p in problems), problems
+
+
+def test_optional_flows_are_skipped_where_the_inventory_lacks_their_group_or_service():
+    """A site without the storage layer: no `storage` group, no storage services."""
+    groups = {k: v for k, v in GROUPS.items() if k != "storage"}
+    services = {k: v for k, v in SERVICES.items() if v["group"] != "storage"}
+    policy = compile_for("ops1", groups=groups, services=services)
+    assert policy["problems"] == []
+    assert not {a for a in accepted(policy) if a[0].startswith(("object_storage", "ceph_"))}
+    not_optional = [{**f, "optional": False} for f in default_flows()]
+    assert compile_for("ops1", not_optional, groups=groups, services=services)["problems"]
+    # The price of `optional`: a misspelt group is skipped too; only a layer's own flows are optional.
+    typo = {"name": "x", "services": ["node_exporter"], "from": ["opz"], "optional": True}
+    assert compile_for("ops1", [*default_flows(), typo])["problems"] == []
+
+
+def test_flows_of_a_service_whose_group_is_empty_wait_for_its_hosts():
+    """A layer the site has not deployed yet (the example's `storage: {}`): no rule, no problem."""
+    policy = compile_for("ops1", groups={**GROUPS, "storage": []})
+    assert policy["problems"] == []
+    assert not {a for a in accepted(policy) if a[0].startswith(("object_storage", "ceph_"))}
+    assert ("object_storage", "7480", "172.31.242.21/32") in accepted(compile_for("ops1"))
 
 
 def test_duplicate_flow_names_are_refused():

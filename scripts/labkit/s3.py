@@ -1,0 +1,60 @@
+"""S3 clients for the lab's object storage (roles/object_storage): the lab tests and
+scripts/bench_s3.py use them, with the identities' keys from the lab's secrets and the
+cluster CA read from the storage host."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from . import secrets, topology
+from .layout import INVENTORY, VAULT_PASS
+
+SECRETS_FILE = INVENTORY / "group_vars" / "all" / "secrets.vault.yml"
+GATEWAY_PORT = 7480  # cluster_services.object_storage (inventories/example/group_vars/all/services.yml)
+CA_ON_HOST = "/etc/ceph/tls/ca.crt"
+
+
+def storage_host(topo: topology.Topology) -> str:
+    return next(h.name for h in topo.hosts if "storage" in h.groups)
+
+
+def fetch_ca(topo: topology.Topology, dest: Path) -> Path:
+    """The cluster CA the gateway's certificate chains to, copied from the storage host."""
+    container = topo.container(storage_host(topo))
+    pem = subprocess.run(["docker", "exec", container, "cat", CA_ON_HOST], capture_output=True, text=True, check=True)
+    dest.write_text(pem.stdout)
+    return dest
+
+
+def keys() -> dict[str, dict[str, str]]:
+    """uid -> {access_key, secret_key}, from the lab's encrypted secrets."""
+    return dict(secrets.read_secrets(VAULT_PASS, SECRETS_FILE)["object_storage_s3_keys"])
+
+
+def client(topo: topology.Topology, uid: str, ca: Path, **config: Any) -> Any:
+    """A boto3 S3 client of identity `uid` against the lab's gateway, TLS verified.
+
+    Checksums only where S3 requires them: boto3 since 1.36 adds CRC trailers to every
+    upload by default, which Ceph before Reef does not accept."""
+    address = next(h.address for h in topo.hosts if h.name == storage_host(topo))
+    key = keys()[uid]
+    return boto3.client(
+        "s3",
+        endpoint_url=f"https://{address}:{GATEWAY_PORT}",
+        aws_access_key_id=key["access_key"],
+        aws_secret_access_key=key["secret_key"],
+        verify=str(ca),
+        region_name="default",
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 3, "mode": "standard"},
+            **config,
+        ),
+    )
