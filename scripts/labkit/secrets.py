@@ -56,6 +56,8 @@ SECRET_SPECS: dict[str, Generator] = {
         uid: {"access_key": secrets.token_hex(10).upper(), "secret_key": secrets.token_hex(20)}
         for uid in ("backups", "models", "k8s-backups")
     },
+    # backup: the site key each host's restic repository password is derived from.
+    "backup_repository_key": _password(48),
 }
 
 

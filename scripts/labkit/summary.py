@@ -148,6 +148,14 @@ def show(topo: topology.Topology, inventory: Path, state: Path, vault_pass: Path
             print(f"  {what}: http://{h.address}:{catalogue[name]['port']}/")
     print("  Alert notifications: journalctl -u alert-log-receiver on the ops host (`scripts/lab ssh ops1`)")
 
+    print("\nBackups (restic, one repository per host in the lab's S3, a second copy on each host):")
+    print("  every set on a timer (`systemctl list-timers 'cluster-backup@*'` on a host); run one now:")
+    print("    scripts/lab ssh ops1, then `sudo systemctl start cluster-backup@config`")
+    print("    (what it holds: `sudo cluster-backup --ls config latest /etc`)")
+    print("  the restore drill (restores and verifies every set of every host, reports recovery times):")
+    drill = "ansible-playbook playbooks/restore-drill.yml -i inventories/lab"
+    print(f"    ANSIBLE_VAULT_PASSWORD_FILE={vault_pass} {drill}")
+
     print("\nNot installed in the lab, and why:")
     for what, why in NOT_IN_THE_LAB:
         print(f"  {what}: {why}")

@@ -45,6 +45,7 @@ def expected(lab: Lab) -> list[tuple[set[str], set[str], set[str]]]:
         ),
         (set(lab.hosts("app")), set(lab.hosts("data")), {"image_registry", "object_storage"}),  # app -> data zone
         ({CONTROLLER}, set(lab.hosts("storage")), {"object_storage"}),  # operators -> S3
+        (set(lab.hosts()), set(lab.hosts("storage")), {"object_storage"}),  # every host's backups -> S3
         # the storage cluster's own traffic, between its hosts only
         (set(lab.hosts("storage")), set(lab.hosts("storage")), {"ceph_mon", "ceph_mon_v1", "ceph_daemons"}),
         ({CONTROLLER}, set(lab.hosts("ops")), {"prometheus", "alertmanager", "grafana"}),  # consoles

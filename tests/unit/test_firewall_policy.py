@@ -116,6 +116,9 @@ EXPECTED = {
         ("object_storage", "7480", "172.31.242.21/32"),
         ("object_storage", "7480", "172.31.242.22/32"),
         ("object_storage", "7480", "172.31.242.1/32"),
+        # Every host's restic repository (issue 22).
+        ("object_storage", "7480", "172.31.242.11/32"),
+        ("object_storage", "7480", "172.31.242.31/32"),
         ("ceph_mon", "3300", "172.31.242.31/32"),
         ("ceph_mon_v1", "6789", "172.31.242.31/32"),
         ("ceph_daemons", "6800:7300", "172.31.242.31/32"),

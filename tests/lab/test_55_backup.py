@@ -1,0 +1,129 @@
+"""Backups (roles/backup) on the lab: restic repositories in the lab's Ceph (ops1), a second
+copy on each host, restores and the drill.
+
+Runs before the observability tests (test_60), which then find the backup metrics in the
+scrape. The corruption test damages a pack through S3 and repairs it (the good version,
+which object lock kept, is copied over the damaged one), so the lab ends with good backups.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import ROOT, Lab, _summary, quote, wait_for
+from labkit import s3
+
+PLAYBOOKS = ROOT / "playbooks"
+
+
+def backup(lab: Lab, host: str, name: str) -> dict:
+    """Run the set's unit now, as its timer would, and return the program's last line."""
+    lab.exec(host, f"systemctl start cluster-backup@{name}.service")
+    log = lab.exec(host, f"journalctl -u cluster-backup@{name}.service -o cat --no-pager").stdout
+    return json.loads([line for line in log.splitlines() if line.startswith('{"set"')][-1])
+
+
+def firing(lab: Lab, alert: str) -> list[dict]:
+    """The alert's firing instances in the lab's Prometheus (asked on the ops host)."""
+    code = (
+        "import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())"
+    )
+    url = "http://127.0.0.1:9090/api/v1/alerts"
+    out = lab.exec(lab.hosts("ops")[0], f"python3 -c {quote(code)} {url}").stdout
+    return [
+        a for a in json.loads(out)["data"]["alerts"] if a["labels"]["alertname"] == alert and a["state"] == "firing"
+    ]
+
+
+def sets_of(lab: Lab, host: str) -> list[str]:
+    return [n.removesuffix(".json") for n in lab.exec(host, "ls /etc/cluster-backup/sets").stdout.split()]
+
+
+@pytest.fixture(scope="module")
+def bucket(converged: Lab, tmp_path_factory):
+    """The backups bucket, as the backups identity."""
+    return s3.client(converged.topo, "backups", s3.fetch_ca(converged.topo, tmp_path_factory.mktemp("s3") / "ca.crt"))
+
+
+def metric(lab: Lab, host: str, name: str, labels: str) -> float | None:
+    text = lab.exec(host, "cat /var/lib/prometheus/node-exporter/cluster_backup_*.prom", check=False).stdout
+    found = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
+
+
+@pytest.fixture(scope="module")
+def backed_up(converged: Lab) -> Lab:
+    """Every host's sets backed up once, as their timers would, and the ops host's
+    configuration a second time (an incremental run); the timings are printed."""
+    runs = [(host, name) for host in converged.hosts() for name in sets_of(converged, host)]
+    runs.append((converged.hosts("ops")[0], "config"))
+    for host, name in runs:
+        result = backup(converged, host, name)
+        assert result["ok"], f"{host} {name}"
+        print(f"backup {host} {name}: {result['seconds']} s")
+    return converged
+
+
+def test_every_host_backs_up_its_sets_on_timers(converged: Lab):
+    for host in converged.hosts():
+        timers = converged.exec(host, "systemctl list-timers 'cluster-backup@*' --all --no-legend").stdout
+        assert "cluster-backup@config.timer" in timers, (host, timers)
+    assert "cluster-backup@ca.timer" in converged.exec(converged.hosts("ops")[0], "systemctl list-timers --all").stdout
+
+
+def test_a_backup_writes_a_snapshot_to_s3_and_its_local_copy(backed_up: Lab, bucket):
+    ops = backed_up.hosts("ops")[0]
+    snapshot = json.loads(backed_up.exec(ops, "cluster-backup --ls config latest /etc/hostname").stdout.splitlines()[0])
+    assert snapshot["hostname"] == ops and snapshot["tags"] == ["config"]
+    assert metric(backed_up, ops, "cluster_backup_last_run_success", 'set="config"') == 1
+    assert metric(backed_up, ops, "cluster_backup_copy_last_success_timestamp_seconds", 'set="config",copy="local"')
+    # One repository per host in the lab's Ceph, and its copy on the host itself.
+    for host in backed_up.hosts():
+        assert bucket.list_objects_v2(Bucket="backups", Prefix=f"{host}/snapshots/")["KeyCount"] >= 1
+    assert "snapshots" in backed_up.exec(ops, f"ls /var/backups/restic-copy/{ops}").stdout.split()
+
+
+def test_restore_brings_back_a_deleted_managed_file(backed_up: Lab):
+    host = backed_up.hosts("gpu_nodes")[0]
+    path = "/etc/sysctl.d/60-cluster-tuning.conf"
+    original = backed_up.exec(host, f"sha256sum {path}").stdout.split()[0]
+    backed_up.exec(host, f"rm {path}")
+    extra = ["-e", f"restore_host={host}", "-e", "restore_set=config", "-e", json.dumps({"restore_paths": [path]})]
+    check = backed_up.playbook("--check", *extra, playbook=PLAYBOOKS / "restore.yml")
+    assert check.rc == 0 and backed_up.exec(host, f"test -e {path}", check=False).returncode != 0, _summary(check)
+    run = backed_up.playbook(*extra, playbook=PLAYBOOKS / "restore.yml")
+    assert run.rc == 0, _summary(run)
+    assert backed_up.exec(host, f"sha256sum {path}").stdout.split()[0] == original
+
+
+def test_the_drill_restores_every_set_and_reports_its_time(backed_up: Lab):
+    run = backed_up.playbook(playbook=PLAYBOOKS / "restore-drill.yml")
+    assert run.rc == 0, _summary(run)
+    ops = backed_up.hosts("ops")[0]
+    for name in ("config", "ca"):
+        assert metric(backed_up, ops, "cluster_backup_drill_success", f'set="{name}"') == 1
+        assert metric(backed_up, ops, "cluster_backup_drill_duration_seconds", f'set="{name}"') > 0
+    assert metric(backed_up, ops, "cluster_backup_check_success", 'repository="local"') == 1
+
+
+def test_a_damaged_pack_fails_the_drill_loudly_and_alerts(backed_up: Lab, bucket):
+    host = backed_up.hosts("edge")[0]
+    packs = bucket.list_objects_v2(Bucket="backups", Prefix=f"{host}/data/")["Contents"]
+    pack = max(packs, key=lambda o: o["Size"])["Key"]
+    good = bucket.head_object(Bucket="backups", Key=pack)["VersionId"]
+    # A new version of the pack with other bytes: the locked good version stays beneath it.
+    bucket.put_object(Bucket="backups", Key=pack, Body=b"\0" * 4096)
+    try:
+        run = backed_up.playbook("--limit", host, playbook=PLAYBOOKS / "restore-drill.yml")
+        assert run.rc != 0 and run.failures().get(host), _summary(run)
+        assert metric(backed_up, host, "cluster_backup_check_success", 'repository="primary"') == 0
+        wait_for("BackupRestoreDrillFailed firing", lambda: firing(backed_up, "BackupRestoreDrillFailed"), timeout=120)
+    finally:
+        # Object lock keeps the damaged version too: the good one is copied over it.
+        source = {"Bucket": "backups", "Key": pack, "VersionId": good}
+        bucket.copy_object(Bucket="backups", Key=pack, CopySource=source)
+    again = backed_up.playbook("--limit", host, playbook=PLAYBOOKS / "restore-drill.yml")
+    assert again.rc == 0, _summary(again)
+    assert metric(backed_up, host, "cluster_backup_check_success", 'repository="primary"') == 1
