@@ -236,10 +236,13 @@ def _check_flow(policy: Policy, index: int, flow: Any, seen: set[str]) -> tuple[
 
 
 def _flow_applies(policy: Policy, services: list[Any], sources: list[Any], targets: Any) -> bool:
-    """Whether an `optional: true` flow's services are all in the catalogue and the groups or
-    hosts it names all exist in the inventory (`any` and addresses always do)."""
-    if not all(str(s) in policy.services for s in services):
-        return False
+    """Whether an `optional: true` flow's services are all in the catalogue with hosts (a
+    declared, empty group such as the example's `storage: {}` is a layer not deployed yet)
+    and the groups or hosts it names all exist in the inventory (`any` and addresses do)."""
+    for name in map(str, services):
+        svc = policy.services.get(name)
+        if not isinstance(svc, Mapping) or not policy.groups.get(str(svc.get("group"))):
+            return False
     for entry in [*sources, *(_as_list(targets) or [])]:
         text = str(entry)
         if text == "any" or text in policy.groups or text in policy.hostvars:
@@ -327,10 +330,6 @@ def compile_policy(
             if svc is None:
                 continue
             dest = svc["hosts"] if target_hosts is None else svc["hosts"] & target_hosts
-            if not svc["hosts"]:
-                # The service's group is declared but empty: a layer the site has not deployed
-                # yet (e.g. `storage: {}` in the example). Its flows wait for its hosts.
-                continue
             if not dest:
                 problems.append(
                     f"{where}: no host runs service '{svc['name']}' there (its group and the flow's to have no host "

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-import secrets
 import struct
 import uuid
 from collections.abc import Mapping
@@ -234,11 +233,6 @@ def cephx_key_problem(key: Any) -> str:
     if kind != 1 or length != 16:
         return "is not an AES cephx key"
     return ""
-
-
-def new_cephx_key(created: int) -> str:
-    """A new cephx secret (what `ceph-authtool --gen-print-key` makes): type AES, creation time, 16 random bytes."""
-    return base64.b64encode(struct.pack("<HIIH", 1, created, 0, 16) + secrets.token_bytes(16)).decode()
 
 
 class FilterModule:

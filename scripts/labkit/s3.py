@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import yaml
 from botocore.config import Config
 
 from . import secrets, topology
 from .layout import INVENTORY, VAULT_PASS
 
 SECRETS_FILE = INVENTORY / "group_vars" / "all" / "secrets.vault.yml"
-GATEWAY_PORT = 7480  # cluster_services.object_storage (inventories/example/group_vars/all/services.yml)
 CA_ON_HOST = "/etc/ceph/tls/ca.crt"
 
 
@@ -42,10 +42,11 @@ def client(topo: topology.Topology, uid: str, ca: Path, **config: Any) -> Any:
     Checksums only where S3 requires them: boto3 since 1.36 adds CRC trailers to every
     upload by default, which Ceph before Reef does not accept."""
     address = next(h.address for h in topo.hosts if h.name == storage_host(topo))
+    catalogue = yaml.safe_load((INVENTORY / "group_vars" / "all" / "services.yml").read_text())["cluster_services"]
     key = keys()[uid]
     return boto3.client(
         "s3",
-        endpoint_url=f"https://{address}:{GATEWAY_PORT}",
+        endpoint_url=f"https://{address}:{catalogue['object_storage']['port']}",
         aws_access_key_id=key["access_key"],
         aws_secret_access_key=key["secret_key"],
         verify=str(ca),

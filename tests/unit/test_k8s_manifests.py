@@ -315,7 +315,7 @@ def _policy_for(r: Rendered) -> dict:
             src = admin
         svcs = flow["services"]
         if isinstance(svcs, str):
-            svcs = [s for s in ("image_registry", "object_storage", "vault") if s in services]
+            svcs = [s for s in ("image_registry", "vault") if s in services]  # app-to-data in firewall.yml
         flows.append({**flow, "from": src, "services": svcs})
     host = groups["gpu_nodes"][0]
     return fw.compile_policy(
