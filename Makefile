@@ -49,7 +49,7 @@ molecule: venv images ## Every molecule scenario (SCENARIOS="a b" for some)
 	python scripts/run-scenarios $(SCENARIOS)
 
 lab-test: venv images ## The whole site on the lab: converge, idempotence, behaviour, drift
-	pytest -q tests/lab
+	pytest -q --durations=30 tests/lab
 
 test: lint unit molecule lab-test ## Everything CI runs
 
