@@ -11,8 +11,10 @@ non-zero, which fails the step.
   drills.py joined      time until the node restarted at MARK is unsealed and a healthy voter
   drills.py restore     snapshot (the timer's service), change a value, restore with a root
                         token generated from the TEST keyholders' shares (generate-root)
+  drills.py autounseal  crash the static-seal node (AUTO_NODE); time until it serves again,
+                        unsealed by itself, with no keyholder
 
-Environment: VAULT_NODES (name=address,...), VAULT_CA, DRILLS_DIR (where results go, and
+Environment: VAULT_NODES (name=address,...), AUTO_NODE (name=address), VAULT_CA, DRILLS_DIR (where results go, and
 credentials.json: the controller's AppRole and the TEST shares), GNUPGHOME (the TEST keyring).
 """
 
@@ -38,8 +40,13 @@ def nodes() -> dict[str, str]:
     return dict(item.split("=", 1) for item in os.environ["VAULT_NODES"].split(","))
 
 
+def auto_node() -> tuple[str, str]:
+    name, address = os.environ["AUTO_NODE"].split("=", 1)
+    return name, address
+
+
 def url(node: str) -> str:
-    return f"https://{nodes()[node]}:8200"
+    return f"https://{dict([auto_node()]).get(node) or nodes()[node]}:8200"
 
 
 def api(node: str, method: str, path: str, token: str | None = None, **kwargs) -> requests.Response:
@@ -230,6 +237,25 @@ def restore() -> None:
     )
 
 
+def autounseal() -> None:
+    node, _ = auto_node()
+    if api(node, "GET", "sys/seal-status").json()["type"] != "static":
+        raise SystemExit(f"{node} does not run the static seal")
+    docker(node, "systemctl", "kill", "--signal=SIGKILL", UNIT)
+    start = time.monotonic()
+    # systemd restarts it (Restart=on-failure, RestartSec=5): no keyholder, no playbook.
+    while True:
+        try:
+            if api(node, "GET", "sys/health").status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() - start > 60:
+            raise SystemExit(f"{node} not active and unsealed 60 s after a crash")
+        time.sleep(0.2)
+    out("autounseal", {"node": node, "crashed": True, "serving_unsealed_after_s": round(time.monotonic() - start, 2)})
+
+
 def _healthy_cluster() -> bool:
     try:
         leader = active()
@@ -241,10 +267,11 @@ def _healthy_cluster() -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("drill", choices=["secrets", "failover", "joined", "restore"])
+    parser.add_argument("drill", choices=["secrets", "failover", "joined", "restore", "autounseal"])
     parser.add_argument("label", nargs="?", help="failover, joined: the name of the result (a drill run twice)")
     args = parser.parse_args()
-    drill = {"secrets": secrets, "failover": failover, "joined": joined, "restore": restore}[args.drill]
+    drills = {"secrets": secrets, "failover": failover, "joined": joined, "restore": restore, "autounseal": autounseal}
+    drill = drills[args.drill]
     drill(args.label) if args.label else drill()
     return 0
 

@@ -557,6 +557,8 @@ def check_secrets(
         value = lambda n: hostvars_of[n] if n in hostvars_of else defaults.get(n)  # noqa: E731
         if "when" in need and not value(need["when"]):
             continue
+        if "equals" in need and value(need["when"]) != need["equals"]:
+            continue
         setting = value(need["setting"])
         if need.get("item_key"):
             names = [

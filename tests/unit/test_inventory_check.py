@@ -244,3 +244,19 @@ def test_an_unreadable_or_missing_secret_says_nothing_about_matching():
     vault = {**_provided(cert), "cluster_secrets_backend": "hashi_vault", "cluster_secrets": {"web_key": other}}
     assert check.check_provided_certificates(vault, {}) == []
     assert check.check_provided_certificates({**_provided(cert), "cluster_secrets": {}}, {}) == []
+
+
+def test_a_secret_read_only_under_one_value_of_a_setting_is_required_only_then():
+    need = {"role": "vault", "group": "vault", "setting": "vault_seal_static_key_secret", "when": "vault_seal"}
+    need["equals"] = "static"
+    defaults = {"vault_seal": "shamir", "vault_seal_static_key_secret": "vault_seal_key"}
+    groups = {"all": ["v1", "e1"], "vault": ["v1"]}
+    shamir = {"cluster_secrets": {}}
+    static = {"cluster_secrets": {}, "vault_seal": "static"}
+    assert check.check_secrets("v1", shamir, defaults, [need], groups) == []
+    assert check.check_secrets("v1", static, defaults, [need], groups) == [
+        ("vault_seal_key", "vault (vault_seal_static_key_secret)")
+    ]
+    assert check.check_secrets("e1", static, defaults, [need], groups) == []
+    present = {"cluster_secrets": {"vault_seal_key": "0" * 64}, "vault_seal": "static"}
+    assert check.check_secrets("v1", present, defaults, [need], groups) == []

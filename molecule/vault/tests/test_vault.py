@@ -176,3 +176,31 @@ def test_snapshots_are_kept_on_the_node_for_the_backup_layer():
     assert files and all(f.startswith("openbao 600 ") for f in files)
     for n in NODES:
         assert docker(n, "systemctl", "is-enabled", "openbao-snapshot.timer").strip() == "enabled"
+
+
+# --- vault4: a single-node cluster with the static seal (auto-unseal) ---------------------
+
+AUTO = "172.30.20.14"
+
+
+def test_the_static_seal_node_was_initialised_with_encrypted_recovery_shares_only():
+    status = api(AUTO, "sys/seal-status").json()
+    assert status["type"] == "static" and status["recovery_seal"] and status["initialized"]
+    escrow = json.loads((EPHEMERAL / "vault-escrow-auto" / "init.json").read_text())
+    assert escrow["seal"] == "static" and "unseal_keys_pgp_b64" not in escrow
+    assert len(escrow["recovery_keys_pgp_b64"]) == 3 and all(len(k) > 200 for k in escrow["recovery_keys_pgp_b64"])
+    key = docker("vault4", "stat", "-c", "%a %U %G %s", "/srv/secrets/openbao/seal.key").split()
+    assert key == ["640", "root", "openbao", "64"]
+
+
+def test_the_static_seal_node_came_back_unsealed_by_itself_after_a_crash():
+    result = json.loads((DRILLS / "autounseal.json").read_text())
+    assert result["crashed"] and result["serving_unsealed_after_s"] < 60
+    assert api(AUTO, "sys/health").status_code == 200  # active and unsealed, no keyholder involved
+
+
+def test_a_run_that_would_change_the_seal_is_refused_before_the_configuration_changes():
+    refused = json.loads((DRILLS / "seal-change-refused.json").read_text())
+    assert "Never change the seal" in refused["task"], refused
+    assert "was initialised with the static seal" in refused["msg"] and "seal migration" in refused["msg"]
+    assert 'seal "static"' in docker("vault4", "cat", "/etc/openbao/openbao.hcl")
