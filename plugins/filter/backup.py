@@ -31,6 +31,8 @@ def backup_set_file(backup_set: Mapping[str, Any]) -> dict[str, Any]:
             "paths": list(backup_set.get("paths") or []),
             "exclude": list(backup_set.get("exclude") or []),
             "before": str(backup_set.get("before") or ""),
+            "after": str(backup_set.get("after") or ""),
+            "after_restore": str(backup_set.get("after_restore") or ""),
             "keep": dict(backup_set.get("keep") or {}),
         },
     }

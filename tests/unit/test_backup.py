@@ -26,7 +26,14 @@ def test_set_file_and_copies():
     set_file = filters.backup_set_file({"name": "ca", "paths": ["/etc/cluster-pki"], "keep": {"daily": 30}})
     assert set_file == {
         "name": "sets/ca",
-        "content": {"paths": ["/etc/cluster-pki"], "exclude": [], "before": "", "keep": {"daily": 30}},
+        "content": {
+            "paths": ["/etc/cluster-pki"],
+            "exclude": [],
+            "before": "",
+            "after": "",
+            "after_restore": "",
+            "keep": {"daily": 30},
+        },
     }
     copies = filters.backup_copy_repositories([{"name": "offsite", "repository": "/mnt/r/{host}"}], "ops1")
     assert copies == [{"name": "offsite", "repository": "/mnt/r/ops1"}]
