@@ -53,6 +53,7 @@ def _load_engine(path: Path | None = None, name: str = "llm_cluster_value_rules"
 value_rules = _load_engine()
 vault_pgp = _load_engine(Path(__file__).parents[1] / "filter" / "vault_pgp.py", "llm_cluster_vault_pgp")
 object_storage = _load_engine(Path(__file__).parents[1] / "filter" / "object_storage.py", "llm_cluster_object_storage")
+edge_proxy = _load_engine(Path(__file__).parents[1] / "filter" / "edge_proxy.py", "llm_cluster_edge_proxy")
 
 # Variables Ansible itself defines or that connection plugins read; never role inputs.
 MAGIC_PREFIXES = ("ansible_", "molecule_", "lab_", "_")
@@ -572,6 +573,24 @@ def check_secrets(
     return missing
 
 
+def check_edge_api_keys(hostvars_of: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[str]:
+    """The edge's API key entries (roles, model allow-lists), when an ansible_vault
+    `cluster_secrets` holds them; a missing secret is check_secrets' to report. Messages name
+    the client, never a key."""
+    if hostvars_of.get("cluster_secrets_backend", "ansible_vault") != "ansible_vault":
+        return []
+    store = hostvars_of.get("cluster_secrets") or {}
+    setting = "edge_proxy_api_keys_secret"
+    name = str(hostvars_of.get(setting, defaults.get(setting)))
+    if not isinstance(store, Mapping) or name not in store:
+        return []
+    return [
+        f"cluster secret '{name}' ({setting}): {problem}; an entry is a key, a list of keys, or "
+        "{key: KEY (or keys: [OLD, NEW]), role: admin|user|auditor, models: [MODEL, ...]}"
+        for problem in edge_proxy.edge_proxy_api_key_problems(store[name])
+    ]
+
+
 def _public_der(key: Any) -> bytes:
     return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
@@ -770,6 +789,8 @@ class ActionModule(ActionBase):
                 )
             if "pki" in check_roles:
                 errors += [f"host {host}: {msg}" for msg in check_provided_certificates(host_vars, defaults)]
+            if "edge_proxy" in check_roles and host in groups.get("edge", []):
+                errors += [f"host {host}: {msg}" for msg in check_edge_api_keys(host_vars, defaults)]
             if host_vars.get("ansible_connection", "ssh") != "local":
                 addresses[host] = str(host_vars.get("ansible_host", host))
                 errors += [f"host {host}: {msg}" for msg in check_placeholders("ansible_host", addresses[host])]

@@ -9,6 +9,7 @@ simple and a malformed fact fails the run with a message naming the host and the
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
@@ -105,9 +106,23 @@ def edge_proxy_endpoints(
     return sorted(out, key=lambda ep: (ep["host"], ep["port"]))
 
 
-def edge_proxy_api_key_entries(keys: Any) -> list[dict[str, str]]:
-    """{client: key or [keys]} from the secrets layer as [{client, key}], sorted by client.
+ROLES = ("admin", "user", "auditor")
+_CLIENT_FIELDS = ("key", "keys", "role", "models")
+# A model name in an allow-list: what serving engines publish as the model id.
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
+
+def _entry_keys(value: Any) -> list[Any]:
+    """The keys of one client's entry: a key, a list of keys, or {key|keys, role, models}."""
+    if isinstance(value, dict):
+        value = value.get("keys", value.get("key"))
+    return value if isinstance(value, list) else [value]
+
+
+def edge_proxy_api_key_entries(keys: Any) -> list[dict[str, str]]:
+    """{client: entry} from the secrets layer as [{client, key}], sorted by client.
+
+    An entry is a key, a list of keys (while rotating), or {key|keys, role, models}.
     Anything else yields an empty list; the role's checks then refuse it with a message that
     never contains a key.
     """
@@ -115,12 +130,70 @@ def edge_proxy_api_key_entries(keys: Any) -> list[dict[str, str]]:
         return []
     out = []
     for client in sorted(keys, key=str):
-        value = keys[client]
-        for key in value if isinstance(value, list) else [value]:
+        for key in _entry_keys(keys[client]):
             out.append({"client": str(client), "key": "" if key is None else str(key)})
     return out
 
 
+def edge_proxy_api_clients(keys: Any) -> list[dict[str, Any]]:
+    """[{client, role, models}] sorted by client: a plain key is a `user` of every served
+    model (models None); `models` is the client's model allow-list otherwise."""
+    if not isinstance(keys, dict):
+        return []
+    out = []
+    for client in sorted(keys, key=str):
+        entry = keys[client] if isinstance(keys[client], dict) else {}
+        models = entry.get("models")
+        out.append(
+            {
+                "client": str(client),
+                "role": str(entry.get("role", "user")),
+                "models": None if models is None else [str(m) for m in models],
+            }
+        )
+    return out
+
+
+def edge_proxy_api_key_problems(keys: Any) -> list[str]:
+    """What is wrong with the API key entries' structure (roles, model lists), one message
+    each, naming the client and never a key. Key format and sharing are checked apart."""
+    if not isinstance(keys, dict):
+        return ["it is not a mapping of client names to entries"]
+    problems = []
+    for client in sorted(keys, key=str):
+        entry = keys[client]
+        if not isinstance(entry, dict):
+            if isinstance(entry, list) and not entry:
+                problems.append(f"client {client}: an empty list of keys")
+            continue
+        unknown = sorted(set(map(str, entry)) - set(_CLIENT_FIELDS))
+        if unknown:
+            problems.append(
+                f"client {client}: unknown field(s) {', '.join(unknown)} (known: {', '.join(_CLIENT_FIELDS)})"
+            )
+        if ("key" in entry) == ("keys" in entry):
+            problems.append(f"client {client}: give exactly one of `key` (one key) or `keys` (a list, while rotating)")
+        elif "keys" in entry and (not isinstance(entry["keys"], list) or not entry["keys"]):
+            problems.append(f"client {client}: `keys` must be a non-empty list of keys")
+        role = entry.get("role", "user")
+        if role not in ROLES:
+            problems.append(f"client {client}: role {role!r} is not one of {', '.join(ROLES)}")
+        models = entry.get("models")
+        if models is not None and (
+            not isinstance(models, list) or not all(isinstance(m, str) and _MODEL.match(m) for m in models)
+        ):
+            problems.append(
+                f"client {client}: `models` must be a list of model names (letters, digits, . _ : / -), "
+                "or left out for every served model"
+            )
+    return problems
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"edge_proxy_endpoints": edge_proxy_endpoints, "edge_proxy_api_key_entries": edge_proxy_api_key_entries}
+        return {
+            "edge_proxy_endpoints": edge_proxy_endpoints,
+            "edge_proxy_api_key_entries": edge_proxy_api_key_entries,
+            "edge_proxy_api_clients": edge_proxy_api_clients,
+            "edge_proxy_api_key_problems": edge_proxy_api_key_problems,
+        }

@@ -34,6 +34,8 @@ class Case:
     body: bytes | None = None
     rules: list[str] = field(default_factory=list)
     markers: list[str] = field(default_factory=list)  # prompt text that must never reach a log
+    status: int = 403  # the expected answer
+    param: str | None = None  # for a 400: the field the error must name (its `param` starts with it)
 
 
 @dataclass
@@ -82,7 +84,8 @@ def attack_cases() -> list[Case]:
         query = urllib.parse.urlencode({"q": payload}, quote_via=urllib.parse.quote)
         cases.append(Case(f"{inj['id']}@query", inj["category"], "GET", f"/v1/models?{query}", rules=inj["rules"]))
         body = _chat()
-        where = fields[i % len(fields)]
+        spec = fields[i % len(fields)]
+        where = spec["field"]
         if where.startswith("tools."):
             body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
         _set_path(body, where, payload)
@@ -95,6 +98,8 @@ def attack_cases() -> list[Case]:
                 {"Content-Type": "application/json"},
                 json.dumps(body).encode(),
                 inj["rules"],
+                status=spec["status"],
+                param=spec.get("param"),
             )
         )
     for req in data["requests"]:
@@ -110,6 +115,44 @@ def attack_cases() -> list[Case]:
                 req["rules"],
             )
         )
+    return cases
+
+
+def _with_headers(sets: list[dict], category: str, rules: bool) -> list[Case]:
+    """Each header set twice: on GET /v1/models and on a valid chat POST."""
+    cases = []
+    for hs in sets:
+        headers = dict(hs["headers"])
+        expected = hs.get("rules", []) if rules else []
+        cases.append(Case(f"{hs['id']}@get", category, "GET", "/v1/models", headers, rules=expected))
+        post = {"Content-Type": "application/json"} | headers
+        cases.append(Case(f"{hs['id']}@post", category, "POST", CHAT, post, json.dumps(_chat()).encode(), expected))
+    return cases
+
+
+def header_attack_cases() -> list[Case]:
+    """Payloads in request headers (attacks.yaml `headers`): each 403, with its rules audited."""
+    return _with_headers(yaml.safe_load((DATA / "attacks.yaml").read_text())["headers"], "header", rules=True)
+
+
+def benign_header_cases() -> list[Case]:
+    """Ordinary headers of real clients (benign.yaml `headers`): each 200."""
+    cases = _with_headers(yaml.safe_load((DATA / "benign.yaml").read_text())["headers"], "benign", rules=False)
+    for case in cases:
+        case.status = 200
+    return cases
+
+
+def schema_cases() -> list[Case]:
+    """Chat requests that break the request schema (attacks.yaml `schema`): each 400 naming the field."""
+    cases = []
+    for spec in yaml.safe_load((DATA / "attacks.yaml").read_text())["schema"]:
+        body = _chat(spec.get("set"))
+        for name in spec.get("unset", []):
+            body.pop(name)
+        raw = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        cases.append(Case(spec["id"], "schema", "POST", CHAT, headers, raw, status=400, param=spec["param"]))
     return cases
 
 
@@ -197,13 +240,26 @@ def audit_rule_ids(audit_log_text: str) -> dict[str, set[str]]:
     return out
 
 
+def _param(body: bytes) -> str | None:
+    try:
+        error = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return error.get("param") if error.get("type") == "invalid_request_error" else None
+
+
 def verdict_problems(results: list[Result], audit: dict[str, set[str]]) -> list[str]:
-    """What is wrong with attack results: not 403, or the audit log lacks the expected rules."""
+    """What is wrong with refusals: not the expected status; for a 400, an error that does not
+    name the expected field; for a 403, an audit log entry without the expected rules."""
     problems = []
     for r in results:
         ids = audit.get(r.request_id, set())
-        if r.status != 403:
-            problems.append(f"{r.case.id}: status {r.status}, expected 403")
+        if r.status != r.case.status:
+            problems.append(f"{r.case.id}: status {r.status}, expected {r.case.status}")
+        elif r.status == 400:
+            param = _param(r.body)
+            if param is None or not param.startswith(r.case.param or ""):
+                problems.append(f"{r.case.id}: error names {param!r}, expected {r.case.param!r}")
         elif "949110" not in ids or not any(i.startswith(p) for i in ids for p in r.case.rules):
             problems.append(f"{r.case.id}: audit log rules {sorted(ids)}, expected 949110 and {r.case.rules}")
     return problems

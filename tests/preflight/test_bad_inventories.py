@@ -102,6 +102,11 @@ CASES = {
         "prometheus_scrape_services.node names service 'node_exportr'",
     ],
     "missing_secret": ["secret 'edge_api_keys', read by edge_proxy (edge_proxy_api_keys_secret), is not in"],
+    "edge_key_roles": [
+        "cluster secret 'edge_api_keys' (edge_proxy_api_keys_secret): client preflight-boss: role 'boss' is not one",
+        "client preflight-models: `models` must be a list of model names",
+        "client preflight-nokey: give exactly one of `key` (one key) or `keys`",
+    ],
     # Version compatibility (roles/preflight/files/compatibility.yml).
     "version_mismatch": [
         "cuda_toolkit_version 13.0.2 needs NVIDIA driver 580.65.06 or later",

@@ -85,3 +85,44 @@ def test_api_keys_as_client_key_pairs_with_rotation_lists():
 def test_api_keys_not_a_mapping_give_nothing_to_render():
     assert edge_proxy_api_key_entries("oops") == []
     assert edge_proxy_api_key_entries(None) == []
+
+
+ROLE_KEYS = {
+    "plain": "k-plain",
+    "rotating": ["k-old", "k-new"],
+    "auditor": {"key": "k-aud", "role": "auditor"},
+    "limited": {"keys": ["k-lim1", "k-lim2"], "role": "user", "models": ["m1", "m2"]},
+}
+
+
+def test_api_key_entries_with_roles_render_every_key():
+    assert [e["key"] for e in edge_proxy_api_key_entries(ROLE_KEYS)] == [
+        "k-aud", "k-lim1", "k-lim2", "k-plain", "k-old", "k-new",
+    ]  # fmt: skip
+
+
+def test_api_clients_default_to_users_of_every_model():
+    assert _filter.edge_proxy_api_clients(ROLE_KEYS) == [
+        {"client": "auditor", "role": "auditor", "models": None},
+        {"client": "limited", "role": "user", "models": ["m1", "m2"]},
+        {"client": "plain", "role": "user", "models": None},
+        {"client": "rotating", "role": "user", "models": None},
+    ]
+
+
+def test_api_key_problems_name_the_client_and_never_the_key():
+    keys = {
+        "ok": {"key": "secret-value-1", "role": "admin"},
+        "boss": {"key": "secret-value-2", "role": "boss"},
+        "both": {"key": "secret-value-3", "keys": ["secret-value-4"]},
+        "models": {"key": "secret-value-5", "models": "m1"},
+        "typo": {"key": "secret-value-6", "rol": "user"},
+        "empty": [],
+    }
+    problems = _filter.edge_proxy_api_key_problems(keys)
+    assert len(problems) == 5, problems
+    assert any("client boss: role 'boss'" in p for p in problems)
+    assert any("client typo: unknown field(s) rol" in p for p in problems)
+    assert not any("secret-value" in p for p in problems)
+    assert _filter.edge_proxy_api_key_problems(ROLE_KEYS) == []
+    assert _filter.edge_proxy_api_key_problems("oops") == ["it is not a mapping of client names to entries"]

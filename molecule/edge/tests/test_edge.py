@@ -6,6 +6,7 @@ real thing: Debian's nginx, ModSecurity v3, OWASP CRS 3.3.4, mtail, and the pki 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -29,7 +30,13 @@ KEYS: dict[str, str | list[str]] = _INVENTORY["all"]["cluster_secrets"]["edge_ap
 LIMITS = _INVENTORY["edge"]
 CLIENT_KEY = KEYS["molecule-client"]
 SECOND_OLD, SECOND_NEW = KEYS["molecule-second"]
-ALL_KEYS = [CLIENT_KEY, SECOND_OLD, SECOND_NEW, KEYS["molecule-burst"], KEYS["molecule-streams"]]
+LIMITED_KEY = KEYS["molecule-limited"]["key"]
+AUDITOR_KEY = KEYS["molecule-auditor"]["key"]
+ADMIN_KEY = KEYS["molecule-admin"]["keys"][0]
+ALL_KEYS = [CLIENT_KEY, SECOND_OLD, SECOND_NEW, KEYS["molecule-burst"], KEYS["molecule-streams"], LIMITED_KEY,
+            AUDITOR_KEY, ADMIN_KEY]  # fmt: skip
+# What the stand-in publishes in the llm_serving fact; `standin` is an extra name (molecule.yml).
+SERVED_MODEL = "standin-llama-3.1-8b-instruct"
 WAF_KEYS = [CLIENT_KEY, SECOND_OLD, SECOND_NEW]
 PACE = LIMITS["edge_proxy_rate_per_key"] * 0.75
 CHAT = "/v1/chat/completions"
@@ -125,11 +132,32 @@ def test_attacks_in_query_headers_paths_and_protocol_are_403_with_crs_rules_audi
     assert waf_sets.verdict_problems(outside_json, audit) == []
 
 
-def test_the_same_payloads_in_non_prompt_json_fields_are_403(attack_results):
+def test_the_same_payloads_in_non_prompt_json_fields_are_refused_by_the_schema_or_the_waf(attack_results):
+    """A field the schema constrains answers 400 naming it; free text (stop) goes to CRS: 403, audited."""
     results, audit = attack_results
     in_json = [r for r in results if "@json:" in r.case.id]
     assert len(in_json) == 20
+    assert {r.status for r in in_json} == {400, 403}
     assert waf_sets.verdict_problems(in_json, audit) == []
+
+
+def test_attacks_in_request_headers_are_403_with_their_rules_audited(edge, host):
+    """SQL injection in X-Forwarded-For, Referer, Cookie, User-Agent; JNDI and template
+    lookups in custom headers; scanners: on GET and on a valid chat POST."""
+    cases = waf_sets.header_attack_cases()
+    assert len(cases) == 32
+    results = waf_sets.run_cases(edge, cases, WAF_KEYS, PACE)
+    audit = waf_sets.audit_rule_ids(host.file(AUDIT_LOG).content_string)
+    assert waf_sets.verdict_problems(results, audit) == []
+
+
+def test_schema_violations_are_400_naming_the_field(edge):
+    cases = waf_sets.schema_cases()
+    assert len(cases) == 20
+    results = waf_sets.run_cases(edge, cases, WAF_KEYS, PACE)
+    assert waf_sets.verdict_problems(results, {}) == []
+    error = json.loads(results[0].body)["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
 
 
 def test_benign_prompts_full_of_code_sql_shell_and_html_pass(edge, host):
@@ -141,6 +169,59 @@ def test_benign_prompts_full_of_code_sql_shell_and_html_pass(edge, host):
     assert blocked == {}, f"benign requests refused: {blocked}"
     audited = waf_sets.audit_rule_ids(host.file(AUDIT_LOG).content_string)
     assert not any(r.request_id in audited for r in results), "a benign request reached the WAF audit log"
+
+
+def test_ordinary_client_headers_pass(edge, host):
+    cases = waf_sets.benign_header_cases()
+    assert len(cases) == 20
+    results = waf_sets.run_cases(edge, cases, WAF_KEYS, PACE)
+    blocked = {r.case.id: r.status for r in results if r.status != 200}
+    assert blocked == {}, f"benign headers refused: {blocked}"
+    audited = waf_sets.audit_rule_ids(host.file(AUDIT_LOG).content_string)
+    assert not any(r.request_id in audited for r in results), "a benign request reached the WAF audit log"
+
+
+# --- Roles on API keys ---------------------------------------------------------------------
+
+ROLE_MATRIX = {
+    # key: (chat with `standin`, chat with the other served model, /v1/models, /v1/usage, /metrics)
+    "user": (CLIENT_KEY, (200, 200, 200, 403, 403)),
+    "user limited to standin": (LIMITED_KEY, (200, 403, 200, 403, 403)),
+    "auditor": (AUDITOR_KEY, (403, 403, 403, 200, 403)),
+    "admin": (ADMIN_KEY, (200, 200, 200, 200, 200)),
+}
+
+
+def test_each_role_reaches_the_routes_it_is_given(edge):
+    got = {}
+    for name, (key, _) in ROLE_MATRIX.items():
+        got[name] = (
+            edge.request("POST", CHAT, _chat(), key=key).status,
+            edge.request("POST", CHAT, _chat(model=SERVED_MODEL), key=key).status,
+            edge.request("GET", "/v1/models", key=key).status,
+            edge.request("GET", "/v1/usage", key=key).status,
+            edge.request("GET", "/metrics", key=key).status,
+        )
+    assert got == {name: expected for name, (_, expected) in ROLE_MATRIX.items()}
+
+
+def test_a_limited_key_sees_only_its_models_and_is_told_why_others_are_refused(edge):
+    listed = edge.request("GET", "/v1/models", key=LIMITED_KEY).json()
+    assert [m["id"] for m in listed["data"]] == ["standin"]
+    refused = edge.request("POST", CHAT, _chat(model=SERVED_MODEL), key=LIMITED_KEY).json()["error"]
+    assert (refused["code"], refused["param"]) == ("model_not_allowed", "model")
+    role = edge.request("POST", CHAT, _chat(), key=AUDITOR_KEY).json()["error"]
+    assert role["code"] == "role_forbidden"
+
+
+def test_usage_per_key_name_for_auditors(edge):
+    assert edge.request("POST", CHAT, _chat(), key=CLIENT_KEY).status == 200
+    time.sleep(1.5)  # mtail polls the log
+    usage = edge.request("GET", "/v1/usage", key=AUDITOR_KEY)
+    assert usage.status == 200
+    mine = {row["client"]: row for row in usage.json()["data"]}["molecule-client"]
+    assert mine["requests"] >= 1 and mine["prompt_tokens"] >= 1 and mine["completion_tokens"] >= 1
+    assert not any(k.encode() in usage.body for k in ALL_KEYS)
 
 
 def test_body_over_the_limit_is_413(edge):
@@ -213,10 +294,12 @@ def _metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 def test_metrics_from_the_access_log(edge):
     edge.request("POST", CHAT, _chat(), key=CLIENT_KEY)
-    # A request of its own for the WAF to block, whatever ran before.
+    # A request of its own for the WAF to block, and one for the schema, whatever ran before.
     assert edge.request("GET", "/v1/models?id=1%27%20OR%20%271%27=%271", key=CLIENT_KEY).status == 403
+    assert edge.request("POST", CHAT, _chat(temperature=9), key=CLIENT_KEY).status == 400
     time.sleep(1.5)  # mtail polls the log
-    samples = _metrics(http_get(edge.address, 3903, "/metrics").body.decode())
+    text = http_get(edge.address, 3903, "/metrics").body.decode()
+    samples = _metrics(text)
 
     def value(name: str, **labels: str) -> float:
         return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
@@ -227,6 +310,16 @@ def test_metrics_from_the_access_log(edge):
     assert value("edge_http_request_duration_seconds_bucket", route="chat", le="0.5") >= 1
     assert value("edge_http_upstream_header_seconds_count", route="chat") >= 1
     assert value("edge_http_response_bytes_total", route="chat") > 0
+    # Per key name: tokens of the answers (their usage objects); the edge's own refusals apart.
+    assert value("edge_client_prompt_tokens_total", client="molecule-client") >= 1
+    assert value("edge_client_completion_tokens_total", client="molecule-client") >= 1
+    assert value("edge_refused_requests_total", route="chat", reason="schema") >= 1
+    assert not any(k in text for k in ALL_KEYS)
+
+
+def test_admins_read_the_metrics_over_https(edge):
+    resp = edge.request("GET", "/metrics", key=ADMIN_KEY)
+    assert resp.status == 200 and b"edge_http_requests_total" in resp.body
 
 
 # --- Changes made by the side_effect step (side_effect.yml) ---------------------------------
