@@ -6,8 +6,8 @@ seconds under software emulation): live values after the converge, the volumes, 
 key age, rotation, a reboot (Ansible's reboot module), and last a boot with the key
 missing. Playbooks run with the json callback, so assertions read what each task did.
 
-With METAL_LYNIS=1, Lynis audits the VM after the reboot (about half an hour under software
-emulation, so not in CI; docs/hardening-vm.md has the measured report).
+With METAL_LYNIS=1, Lynis audits the VM after the reboot (half an hour or more under software
+emulation, so not in CI; docs/hardening-vm.md records its result).
 """
 
 from __future__ import annotations
