@@ -1,7 +1,7 @@
 """What the third-party auditors of issue 23 report, in numbers the tests assert.
 
 Lynis (Debian package) and ssh-audit (PyPI, pinned in requirements.txt) are run by
-molecule/base and the lab suite; these helpers read their reports.
+the lab suite; these helpers read their reports.
 """
 
 from __future__ import annotations
