@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -135,6 +136,28 @@ def test_requests_may_ask_for_long_answers_up_to_the_limit(standin):
     assert json.loads(body)["usage"]["completion_tokens"] == 40
     status, body = _post(base + "/v1/completions", {"prompt": "x"})
     assert json.loads(body)["usage"]["completion_tokens"] == 16
+
+
+def test_batch_slots_queue_requests_and_prefill_delays_the_first_token(standin):
+    """The load benchmark's capacity model: with one slot, a second request waits for the
+    first to finish, and the engine's time to first token counts the wait and the prefill."""
+    base = standin(STANDIN_BATCH_SLOTS="1", STANDIN_PREFILL_MS="300", STANDIN_TOKENS="2")
+    results: list[float] = []
+
+    def one() -> None:
+        began = time.monotonic()
+        assert _post(base + "/v1/completions", {"prompt": "x"})[0] == 200
+        results.append(time.monotonic() - began)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert min(results) >= 0.3 and max(results) >= 0.6  # the second waited for the first
+    text = _get(base + "/prometheus/metrics")[1].decode()
+    # Both times to first token are at least the prefill: none in the 0.25 s bucket.
+    assert 'trtllm_time_to_first_token_seconds_bucket{le="0.25",model_name="tiny-model",engine_type="trtllm"} 0' in text
 
 
 def test_access_log_line_per_request_like_uvicorn(standin):
