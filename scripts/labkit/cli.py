@@ -183,8 +183,14 @@ def cmd_up(args: argparse.Namespace) -> None:
     topo = topology.load(TOPOLOGY)
     if topology.write_inventory(topo, HOSTS_FILE):
         progress.info(f"wrote {HOSTS_FILE.relative_to(ROOT)} (lab instance {topo.instance})")
-    pubkey = ensure_ssh_key()
     secrets.ensure_secrets(VAULT_PASS, SECRETS_FILE)
+    start_hosts(topo, tag)
+    print_hosts(topo)
+
+
+def start_hosts(topo: topology.Topology, tag: str) -> None:
+    """The topology's network and hosts, each with systemd up and SSH as the admin user working."""
+    pubkey = ensure_ssh_key()
     with progress.step(f"network {topo.network.name} ({topo.network.subnet})"):
         ensure_network(topo.network, topo.instance)
     for host in topo.hosts:
@@ -194,7 +200,6 @@ def cmd_up(args: argparse.Namespace) -> None:
             authorize_key(topo.container(host.name), ADMIN_USER, pubkey)
             wait_ssh(host.address, ADMIN_USER)
             progress.info(f"{host.name}: {what}, systemd up, SSH as {ADMIN_USER} works")
-    print_hosts(topo)
 
 
 def print_hosts(topo: topology.Topology) -> None:
@@ -211,6 +216,14 @@ def cmd_down(_: argparse.Namespace) -> None:
     if not engine.engine_answers():
         progress.info("no Docker engine answers: nothing to remove")
         return
+    remove_hosts(topo)
+    KNOWN_HOSTS.unlink(missing_ok=True)
+    HOSTS_FILE.unlink(missing_ok=True)
+    shutil.rmtree(layout.FACT_CACHE, ignore_errors=True)
+
+
+def remove_hosts(topo: topology.Topology) -> None:
+    """Every container, Docker volume and network of the topology's lab instance."""
     label = f"label={LABEL}={topo.instance}"
     with progress.step(f"removing lab {topo.instance}: containers, volumes and network"):
         ids = run(["docker", "ps", "-aq", "--filter", label]).stdout.split()
@@ -222,9 +235,6 @@ def cmd_down(_: argparse.Namespace) -> None:
         nets = run(["docker", "network", "ls", "-q", "--filter", label]).stdout.split()
         if nets:
             run(["docker", "network", "rm", *nets])
-    KNOWN_HOSTS.unlink(missing_ok=True)
-    HOSTS_FILE.unlink(missing_ok=True)
-    shutil.rmtree(layout.FACT_CACHE, ignore_errors=True)
 
 
 def cmd_summary(_: argparse.Namespace) -> None:
