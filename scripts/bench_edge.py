@@ -4,7 +4,8 @@ off, with Debian's ModSecurity + CRS enabled as shipped, and with the role's WAF
 at the same load.
 
     scripts/bench_edge.py [--output docs/benchmarks/edge-overhead.md] [--rounds 3]
-                          [--duration 10] [--concurrency 32] [--keep]
+                          [--duration 10] [--concurrency 32] [--keep] [--quick]
+    scripts/bench_edge.py --chart-only   (the chart again, from the JSON beside the report)
 
 One throw-away systemd container from the lab's base image holds everything, so all
 traffic stays on its loopback and every configuration shares the same two CPU cores:
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.layout import ROOT, systemd_run_args
+from toolkit import charts
 
 SYSTEMD_RUN_ARGS = systemd_run_args()
 
@@ -333,6 +335,33 @@ def render(samples: list[Sample], args: argparse.Namespace, info: dict[str, str]
     return "\n".join(lines)
 
 
+def chart(samples: list[Sample], path: Path) -> bool:
+    """nginx CPU per request and requests/s per target, at each concurrency (medians of the rounds)."""
+    plt = charts.pyplot()
+    if plt is None:
+        return False
+    levels = sorted({s.concurrency for s in samples})
+
+    def median(target: str, conc: int, attr: str) -> float:
+        values = [getattr(s, attr) for s in samples if s.target == target and s.concurrency == conc]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else float("nan")  # the upstream has no nginx
+
+    fig, (cpu, rate) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [t.replace("proxy, ", "proxy,\n") for t in TARGETS]
+    charts.bars(cpu, labels, {f"{c} connection(s)": [median(t, c, "nginx_cpu_ms") for t in TARGETS] for c in levels},
+                "nginx CPU per request (ms)")  # fmt: skip
+    charts.bars(rate, labels, {f"{c} connection(s)": [median(t, c, "rps") for t in TARGETS] for c in levels},
+                "chat POST per second")  # fmt: skip
+    cpu.set_title("nginx CPU per request (lower is better)")
+    rate.set_title("requests per second (higher is better)")
+    cpu.legend(fontsize=8)
+    fig.suptitle("Edge proxy cost per target, same run, same machine", fontsize=10)
+    charts.save(fig, path)
+    plt.close(fig)
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "edge-overhead.md")
@@ -341,7 +370,16 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="the throughput measurement's connections")
     parser.add_argument("--keep", action="store_true", help="leave the container running afterwards")
     parser.add_argument("--image", default=IMAGE, help="the container's image (default: the lab's base image)")
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s per measurement")
+    parser.add_argument("--chart-only", action="store_true", help="draw the chart from the JSON beside --output")
     args = parser.parse_args()
+    if args.chart_only:
+        raw = json.loads(args.output.with_suffix(".json").read_text())
+        drawn = chart([Sample(**r) for r in raw], args.output.with_suffix(".png"))
+        log(f"wrote {args.output.with_suffix('.png')}" if drawn else "no matplotlib: `make bench` installs it")
+        return 0 if drawn else 1
+    if args.quick:
+        args.rounds, args.duration = 1, 3
     began = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -363,10 +401,14 @@ def main() -> int:
             if not args.keep:
                 run(["docker", "rm", "-f", CONTAINER], check=False)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(samples, args, info, began))
+    report = render(samples, args, info, began)
+    png = args.output.with_suffix(".png")
+    if chart(samples, png):
+        report += f"\n![nginx CPU per request and requests/s per target]({png.name})\n"
+    args.output.write_text(report)
     raw = [s.__dict__ for s in samples]
     args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
-    log(f"wrote {args.output} and {args.output.with_suffix('.json')}")
+    log(f"wrote {args.output}, {args.output.with_suffix('.json')}" + (f" and {png}" if png.exists() else ""))
     return 0
 
 

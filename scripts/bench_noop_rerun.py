@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: how long a no-op re-run of the site takes on the lab, per task, per setting.
 
-    scripts/bench_noop_rerun.py [--runs N] [--fresh] [--output docs/benchmarks/noop-rerun.md]
+    scripts/bench_noop_rerun.py [--runs N] [--fresh] [--quick] [--output docs/benchmarks/noop-rerun.md]
 
 Converges the site once (on a fresh lab with --fresh, which also times the first
 converge), then times N no-op re-runs for each connection setting, interleaved so that
@@ -24,13 +24,15 @@ cost the building of their variables and the templating of their condition too.
 
 For scale it also times the floor of each setting: a playbook of 40 `ansible.builtin.ping`
 tasks on the same hosts (the shape of the issue's reference measurement).
-Prints Markdown; --output also writes it to a file.
+Prints Markdown; --output also writes it to a file, with the raw figures (.json) and a chart
+(.png) beside it. --quick: one re-run per setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import configparser
+import json
 import os
 import platform
 import statistics
@@ -41,6 +43,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from toolkit import charts
 from toolkit.ansible_run import ROOT, SITE, run_lab
 
 # Settings of ansible.cfg that only say where this repository's parts are: the `defaults`
@@ -101,7 +104,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="no-op re-runs per setting (default 3)")
     parser.add_argument("--fresh", action="store_true", help="recreate the lab and time the first converge")
     parser.add_argument("--output", type=Path, help="also write the Markdown report here")
+    parser.add_argument("--quick", action="store_true", help="one re-run per setting")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 1
     lab = [sys.executable, str(ROOT / "scripts" / "lab")]
     if args.fresh:
         subprocess.run([*lab, "down"], check=True)
@@ -161,12 +167,34 @@ def main() -> int:
     for name, changed in broken.items():
         listed = "; ".join(f"{host}: {', '.join(names)}" for host, names in sorted(changed.items())).replace("|", "\\|")
         lines.append(f"| {name} | not a no-op | | | changed: {listed} |")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        raw = {"first_converge_s": first, "first_tasks": first_tasks, "tasks": tasks, "skipped": skipped,
+               "floor_tasks": FLOOR_TASKS, "reruns_s": runs, "floors_s": floors, "not_noop": broken}  # fmt: skip
+        args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+        if chart(runs, first, args.output.with_suffix(".png")):
+            lines += ["", f"![no-op re-run per setting]({args.output.with_suffix('.png').name})"]
     report = "\n".join(lines) + "\n"
     print("\n" + report)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(report)
     return 0
+
+
+def chart(runs: dict[str, list[float]], first: float, path: Path) -> bool:
+    """Median re-run seconds per setting against the first converge and issue 18's 0.3 of it."""
+    plt = charts.pyplot()
+    if plt is None:
+        return False
+    names = [name for name, times in runs.items() if times]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    charts.bars(ax, names, {"no-op re-run (median)": [statistics.median(runs[n]) for n in names]}, "seconds")
+    ax.axhline(0.3 * first, color="tab:red", linestyle="--", label=f"0.3 of the first converge ({first:.0f} s)")
+    ax.set_title("No-op re-run of the site on the lab", fontsize=10)
+    ax.legend(fontsize=8)
+    charts.save(fig, path)
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

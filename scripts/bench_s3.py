@@ -3,8 +3,10 @@
 RADOS gateway (TLS), one client thread and several, interleaved round by round, and the
 memory the Ceph daemons hold on the storage host.
 
-    scripts/bench_s3.py [--objects 64] [--threads 1,4] [--rounds 3]
+    scripts/bench_s3.py [--objects 64] [--threads 1,4] [--rounds 3] [--quick]
                         [--output docs/benchmarks/object-storage.md]
+
+With --output it also writes the raw figures (.json) and a chart (.png) beside the report.
 
 Needs a converged lab (`make lab`). Objects go to a scratch prefix of the `models` bucket as
 the `models` identity (from the lab's secrets) and are deleted afterwards (the bucket is
@@ -17,6 +19,7 @@ machine, not with a real site's NVMe OSDs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from labkit import s3, topology
 from labkit.layout import INVENTORY
+from toolkit import charts
 
 MIB = 1024 * 1024
 DAEMONS = ("ceph-mon", "ceph-mgr", "ceph-osd", "radosgw")
@@ -63,7 +67,10 @@ def main() -> None:
     parser.add_argument("--threads", default="1,4", help="client threads to compare (comma-separated)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--quick", action="store_true", help="16 objects, one round")
     args = parser.parse_args()
+    if args.quick:
+        args.objects, args.rounds = 16, 1
     threads = [int(t) for t in args.threads.split(",")]
 
     topo = topology.load(INVENTORY / "topology.yml")
@@ -113,10 +120,40 @@ def main() -> None:
     for name in sorted(set(idle) | set(loaded)):
         lines.append(f"| {name} | {idle.get(name, 0)} | {loaded.get(name, 0)} |")
     lines.append(f"| all | {sum(idle.values())} | {sum(loaded.values())} |")
+    if args.output:
+        raw = {
+            "measured": now,
+            "objects": args.objects,
+            "rounds": args.rounds,
+            "mib_per_s": [
+                {"operation": op, "threads": n, "rounds": rates} for (op, n), rates in sorted(results.items())
+            ],
+            "memory_kib": {"idle": idle, "after": loaded},
+        }
+        args.output.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+        if chart(results, args.output.with_suffix(".png")):
+            lines += ["", f"![S3 MiB/s by operation and client threads]({args.output.with_suffix('.png').name})"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.output:
         args.output.write_text(text)
+
+
+def chart(results: dict[tuple[str, int], list[float]], path: Path) -> bool:
+    """MiB/s of PUT and GET by client threads (medians); False without matplotlib."""
+    plt = charts.pyplot()
+    if plt is None:
+        return False
+    threads = sorted({n for _, n in results})
+    ops = sorted({op for op, _ in results}, reverse=True)  # PUT, GET
+    fig, ax = plt.subplots(figsize=(6, 4))
+    series = {f"{n} thread(s)": [statistics.median(results[(op, n)]) for op in ops] for n in threads}
+    charts.bars(ax, ops, series, "MiB/s (1 MiB objects)")
+    ax.set_title("Lab object storage through the RADOS gateway (TLS)", fontsize=10)
+    ax.legend(fontsize=8)
+    charts.save(fig, path)
+    plt.close(fig)
+    return True
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from labkit import cli, engine, images, layout, topology
+from toolkit import charts
 from toolkit.ansible_run import ROOT, SITE, playbook_command, run_command
 
 INVENTORY = ROOT / "inventories" / "bench-scale"  # gitignored: written per size
@@ -288,12 +289,8 @@ KIND_NAMES = {"first": "first converge", "noop": "no-op re-run", "check": "check
 
 def chart(doc: dict, path: Path) -> bool:
     """Seconds per run and seconds per host-task against GPU nodes; False without matplotlib."""
-    try:  # only `make bench` installs matplotlib (requirements-bench.txt); the unit tests run without it
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
+    plt = charts.pyplot()
+    if plt is None:
         return False
     sizes = sorted(doc["sizes"], key=lambda s: s["gpu_nodes"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -315,8 +312,7 @@ def chart(doc: dict, path: Path) -> bool:
         ax.grid(alpha=0.3)
     left.legend(fontsize=7)
     fig.suptitle(f"Site run against cluster size ({doc['cores']} cores, all hosts on one machine)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    charts.save(fig, path)
     plt.close(fig)
     return True
 
