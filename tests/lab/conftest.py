@@ -13,11 +13,13 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,13 +61,31 @@ class Lab:
             raise AssertionError(f"{host}: `{command}` exited {proc.returncode}: {proc.stderr or proc.stdout}")
         return proc
 
+    def monitoring_api(self, path: str, port: int = 9090, **params: str) -> dict:
+        """GET a Prometheus (9090) or Alertmanager (9093) API path, asked on the ops host itself
+        (the firewall keeps both from the controller); the JSON answer."""
+        url = f"http://127.0.0.1:{port}{path}" + (("?" + urllib.parse.urlencode(params)) if params else "")
+        code = (
+            f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=20).read().decode())"
+        )
+        return json.loads(self.exec(self.hosts("ops")[0], f"python3 -c {quote(code)}").stdout)
+
     def ssh(
-        self, host: str, command: str, user: str = "labadmin", timeout: float = 60
+        self,
+        host: str,
+        command: str,
+        user: str = "labadmin",
+        options: tuple[str, ...] | list[str] = (),
+        quiet: bool = True,
+        timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        """A command over real SSH from the controller, as an administrator."""
+        """A command over real SSH from the controller, as an administrator (or `user`), with
+        extra ssh `options`. quiet=False keeps ssh's informational messages in stderr: a
+        refused negotiation ("no matching cipher found") is one of them."""
         argv = [
             "ssh", "-i", str(SSH_KEY), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            *(["-o", "LogLevel=ERROR"] if quiet else []), *options,
             f"{user}@{self.address(host)}", command,
         ]  # fmt: skip
         return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)

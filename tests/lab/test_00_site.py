@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from datetime import datetime
 
 import pytest
-from conftest import Lab, _summary, quote
+from conftest import Lab, _summary
 
 
 def test_check_mode_on_fresh_hosts_does_not_fail(converged: Lab):
@@ -35,12 +34,6 @@ def test_second_run_changes_nothing(converged: Lab):
     assert run.changed_tasks() == {}, f"tasks that changed on a re-run: {run.changed_tasks()}"
 
 
-def _prometheus(lab: Lab, path: str) -> dict:
-    """GET a Prometheus API path on the ops host, from the host itself."""
-    code = f"import sys,urllib.request; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9090/api/v1{path}', timeout=20).read().decode())"  # noqa: E501
-    return json.loads(lab.exec(lab.hosts("ops")[0], f"python3 -c {quote(code)}").stdout)["data"]
-
-
 def _instant(text: str) -> float:
     """Prometheus's RFC 3339 time (nanosecond fractions, Z or an offset) as epoch seconds."""
     whole, fraction, zone = re.fullmatch(r"([^.Z+-]+(?:-[^.Z+-]+){2}T[^.Z+-]+)(\.\d+)?(Z|[+-].*)", text).groups()
@@ -55,18 +48,18 @@ def test_a_fresh_lab_raises_no_alert_but_the_watchdog(converged: Lab):
     (inventories/lab/group_vars/all/observability.yml)."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:  # every target scraped at least once...
-        targets = _prometheus(converged, "/targets?state=active")["activeTargets"]
+        targets = converged.monitoring_api("/api/v1/targets", state="active")["data"]["activeTargets"]
         if targets and all(t["health"] != "unknown" for t in targets):
             break
         time.sleep(5)
     scraped = max(_instant(t["lastScrape"]) for t in targets)
     while time.monotonic() < deadline:  # ...and every rule group evaluated after that
-        groups = _prometheus(converged, "/rules")["groups"]
+        groups = converged.monitoring_api("/api/v1/rules")["data"]["groups"]
         if all(_instant(g["lastEvaluation"]) > scraped for g in groups):
             break
         time.sleep(5)
     else:
         raise AssertionError("Prometheus did not scrape every target and evaluate every rule in 180 s")
-    active = _prometheus(converged, "/alerts")["alerts"]
+    active = converged.monitoring_api("/api/v1/alerts")["data"]["alerts"]
     raised = sorted(f"{a['labels']['alertname']} ({a['state']}) {a['labels'].get('host', '')}" for a in active)
     assert [a["labels"]["alertname"] for a in active] == ["Watchdog"], raised

@@ -17,19 +17,14 @@ from labkit.layout import SSH_KEY
 
 pytestmark = pytest.mark.usefixtures("converged")
 
-SSH_OPTIONS = [
-    "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=no",
-    "-o", "UserKnownHostsFile=/dev/null",
-]  # fmt: skip
-
 
 def _edge(lab: Lab) -> str:
     return lab.hosts("edge")[0]
 
 
-def _ssh(lab: Lab, host: str, user: str, *options: str) -> subprocess.CompletedProcess[str]:
-    argv = ["ssh", "-i", str(SSH_KEY), *SSH_OPTIONS, *options, f"{user}@{lab.address(host)}", "true"]
-    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+def _login(lab: Lab, host: str, user: str, *options: str) -> subprocess.CompletedProcess[str]:
+    """A login attempt with every message of ssh's kept: the tests read why it was refused."""
+    return lab.ssh(host, "true", user=user, options=options, quiet=False)
 
 
 def test_administrator_key_login_and_sudo_everywhere(converged: Lab):
@@ -39,7 +34,7 @@ def test_administrator_key_login_and_sudo_everywhere(converged: Lab):
 
 
 def test_password_login_is_not_even_offered(converged: Lab):
-    out = _ssh(converged, _edge(converged), "labadmin", "-o", "PubkeyAuthentication=no")
+    out = _login(converged, _edge(converged), "labadmin", "-o", "PubkeyAuthentication=no")
     assert out.returncode != 0
     # The server lists the methods it accepts: public keys only.
     assert "Permission denied (publickey)" in out.stderr, out.stderr
@@ -50,7 +45,7 @@ def test_root_login_refused_even_with_an_authorized_key(converged: Lab):
     public = SSH_KEY.with_suffix(".pub").read_text().strip()
     converged.exec(host, f"install -d -m 700 /root/.ssh && echo '{public}' > /root/.ssh/authorized_keys")
     try:
-        out = _ssh(converged, host, "root")
+        out = _login(converged, host, "root")
     finally:
         converged.exec(host, "rm -f /root/.ssh/authorized_keys")
     assert out.returncode != 0 and "Permission denied" in out.stderr, out.stderr
@@ -68,7 +63,7 @@ def test_root_login_refused_even_with_an_authorized_key(converged: Lab):
     ],
 )
 def test_weak_algorithms_refused(converged: Lab, options: list[str], refusal: str):
-    out = _ssh(converged, _edge(converged), "labadmin", *options)
+    out = _login(converged, _edge(converged), "labadmin", *options)
     assert out.returncode != 0
     assert refusal in out.stderr, out.stderr
 

@@ -34,10 +34,7 @@ KINDS = ["edge", "gpu_nodes", "ops"]
 
 
 def _alerts(lab: Lab, name: str, host: str) -> list[dict]:
-    ops = lab.hosts("ops")[0]
-    code = "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9090/api/v1/alerts').read().decode())"
-    out = lab.exec(ops, f'python3 -c "{code}"')
-    alerts = json.loads(out.stdout)["data"]["alerts"]
+    alerts = lab.monitoring_api("/api/v1/alerts")["data"]["alerts"]
     return [a for a in alerts if a["labels"].get("alertname") == name and a["labels"].get("host") == host]
 
 

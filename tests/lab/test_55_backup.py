@@ -27,14 +27,8 @@ def backup(lab: Lab, host: str, name: str) -> dict:
 
 def firing(lab: Lab, alert: str) -> list[dict]:
     """The alert's firing instances in the lab's Prometheus (asked on the ops host)."""
-    code = (
-        "import sys,urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())"
-    )
-    url = "http://127.0.0.1:9090/api/v1/alerts"
-    out = lab.exec(lab.hosts("ops")[0], f"python3 -c {quote(code)} {url}").stdout
-    return [
-        a for a in json.loads(out)["data"]["alerts"] if a["labels"]["alertname"] == alert and a["state"] == "firing"
-    ]
+    alerts = lab.monitoring_api("/api/v1/alerts")["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == alert and a["state"] == "firing"]
 
 
 def sets_of(lab: Lab, host: str) -> list[str]:
@@ -131,13 +125,7 @@ def test_a_damaged_pack_fails_the_drill_loudly_and_alerts(backed_up: Lab, bucket
 
 def prometheus_query(lab: Lab, query: str, at: float) -> list[dict]:
     """An instant query of the lab's Prometheus (asked on the ops host)."""
-    code = (
-        "import sys,urllib.parse,urllib.request; q=urllib.parse.urlencode({'query':sys.argv[2],'time':sys.argv[3]});"
-        " sys.stdout.write(urllib.request.urlopen(sys.argv[1]+'?'+q, timeout=20).read().decode())"
-    )
-    url = "http://127.0.0.1:9090/api/v1/query"
-    out = lab.exec(lab.hosts("ops")[0], f"python3 -c {quote(code)} {url} {quote(query)} {at:.0f}").stdout
-    return json.loads(out)["data"]["result"]
+    return lab.monitoring_api("/api/v1/query", query=query, time=f"{at:.0f}")["data"]["result"]
 
 
 def prometheus_restarted(lab: Lab, host: str, command: str) -> None:

@@ -18,7 +18,6 @@ import json
 import re
 import subprocess
 import time
-import urllib.parse
 
 import pytest
 import yaml
@@ -50,16 +49,8 @@ def ops_host(lab: Lab) -> str:
     return lab.hosts("ops")[0]
 
 
-def prom(lab: Lab, path: str, port: int = 9090, **params: str) -> dict:
-    """GET a Prometheus/Alertmanager API path on the ops host (from the host itself)."""
-    url = f"http://127.0.0.1:{port}{path}" + (("?" + urllib.parse.urlencode(params)) if params else "")
-    code = f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen({url!r}, timeout=20).read().decode())"
-    out = lab.exec(ops_host(lab), f"python3 -c {quote(code)}")
-    return json.loads(out.stdout)
-
-
 def query(lab: Lab, expr: str) -> list[dict]:
-    return prom(lab, "/api/v1/query", query=expr)["data"]["result"]
+    return lab.monitoring_api("/api/v1/query", query=expr)["data"]["result"]
 
 
 def read_fact(lab: Lab, host: str, name: str) -> dict | None:
@@ -96,7 +87,7 @@ def for_overlay(lab: Lab, rule_file: str, alert: str):
                       f" && mv {path}.new {path} && systemctl reload prometheus")  # fmt: skip
 
     def duration() -> float | None:
-        groups = prom(lab, "/api/v1/rules", type="alert")["data"]["groups"]
+        groups = lab.monitoring_api("/api/v1/rules", type="alert")["data"]["groups"]
         found = [r["duration"] for g in groups for r in g["rules"] if r["name"] == alert]
         return found[0] if found else None
 
@@ -158,7 +149,7 @@ def test_prometheus_scrapes_every_expected_target_and_each_is_up(serving: Lab):
     assert any(job == "serving" for job, _ in expected), "no serving endpoint in the lab"
 
     def state():
-        active = prom(serving, "/api/v1/targets", state="active")["data"]["activeTargets"]
+        active = serving.monitoring_api("/api/v1/targets", state="active")["data"]["activeTargets"]
         seen = {(t["labels"]["job"], t["labels"]["instance"]): t["health"] for t in active}
         if any(seen.get(t) != "up" for t in expected):
             return None
@@ -167,7 +158,7 @@ def test_prometheus_scrapes_every_expected_target_and_each_is_up(serving: Lab):
     try:
         seen = wait_for("every expected target up", state, timeout=90)
     except AssertionError:
-        active = prom(serving, "/api/v1/targets", state="active")["data"]["activeTargets"]
+        active = serving.monitoring_api("/api/v1/targets", state="active")["data"]["activeTargets"]
         report = {(t["labels"]["job"], t["labels"]["instance"]): (t["health"], t["lastError"]) for t in active}
         raise AssertionError(f"expected {sorted(expected)}\nPrometheus has {report}") from None
     unexpected = set(seen) - expected
@@ -187,7 +178,7 @@ def _deployed_rules(lab: Lab) -> list[dict]:
 
 
 def _metric_names(lab: Lab) -> set[str]:
-    return set(prom(lab, "/api/v1/label/__name__/values")["data"])
+    return set(lab.monitoring_api("/api/v1/label/__name__/values")["data"])
 
 
 def _not_in_lab(names: set[str], lab: Lab) -> set[str]:
@@ -378,7 +369,7 @@ def test_gpu_roles_skip_hosts_without_a_gpu(serving: Lab):
 
 
 def test_retention_is_bounded_by_time_and_size(serving: Lab):
-    flags = prom(serving, "/api/v1/status/flags")["data"]
+    flags = serving.monitoring_api("/api/v1/status/flags")["data"]
     assert flags["storage.tsdb.retention.time"] == "30d"
     # Prometheus' size units are powers of 1024: it reports 20GB as 20GiB.
     assert flags["storage.tsdb.retention.size"] in ("20GB", "20GiB")
@@ -402,7 +393,7 @@ def test_a_down_host_inhibits_its_other_alerts(serving: Lab):
     serving.exec(ops, f"python3 -c {quote(post)}")
 
     def states():
-        got = prom(serving, "/api/v2/alerts", port=9093, filter='test="inhibition"')
+        got = serving.monitoring_api("/api/v2/alerts", port=9093, filter='test="inhibition"')
         found = {(a["labels"]["alertname"], a["labels"]["host"]): a["status"]["state"] for a in got}
         return found if len(found) == 3 else None
 
