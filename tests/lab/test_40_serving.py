@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import INVENTORY, ROOT, VAULT_PASS, Lab, _summary, quote
+from conftest import INVENTORY, ROOT, VAULT_PASS, Lab, _summary, quote, wait_for
 from serving_load import LoadLoop, streams_crossing
 
 pytestmark = pytest.mark.usefixtures("converged")
@@ -68,6 +68,16 @@ def active(lab: Lab, host: str) -> dict:
     eps = [e for e in fact(lab, host) if e["instance"] == INSTANCE and e["state"] == "active"]
     assert len(eps) == 1, fact(lab, host)
     return eps[0]
+
+
+def scraped_ports(lab: Lab, host: str) -> set[int]:
+    """The ports of the host's endpoints that Prometheus's serving job scrapes now."""
+    targets = lab.monitoring_api("/api/v1/targets", state="active")["data"]["activeTargets"]
+    return {
+        int(t["labels"]["instance"].rsplit(":", 1)[1])
+        for t in targets
+        if t["labels"].get("job") == "serving" and t["labels"].get("host") == host
+    }
 
 
 def release_of(lab: Lab, host: str) -> str | None:
@@ -310,6 +320,10 @@ def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, re
     assert {r.version for r in loop.results if r.host == new} == {"v2"}
     assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [(new_colour, "active")]
     assert release_of(converged, host) == "v2"
+    # Monitoring followed the move, although the run was limited to this node: Prometheus
+    # scrapes the new colour's port, not the stopped one (which raised TargetDown).
+    port = active(converged, host)["port"]
+    wait_for(f"Prometheus scraping {host}:{port} only", lambda: scraped_ports(converged, host) == {port}, timeout=60)
 
 
 def test_a_release_that_never_becomes_ready_is_rolled_back(converged: Lab, edge: dict):
