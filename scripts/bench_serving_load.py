@@ -366,14 +366,16 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines += ["", "Alert states during the hold (seconds into it):", ""]
         for point in prom["timeline"]:
             states = ", ".join(f"{name} {state}" for name, state in sorted(point["alerts"].items()))
-            lines.append(f"- {point['t']:.0f} s: {states}")
+            p99 = point.get("records", {}).get(LATENCY_RECORD) or {}
+            recorded = ", ".join(f"{kind} {value:.3g} s" for kind, value in sorted(p99.items()))
+            lines.append(f"- {point['t']:.0f} s: {states}" + (f" ({LATENCY_RECORD} {recorded})" if recorded else ""))
     if prom.get("note"):
         lines += ["", prom["note"]]
     if result.get("hold"):
         lines += [
             "",
-            f"The hold's figures above are over its last {result['hold']['window_s']:g} s, the rules' "
-            "5-minute window (as Prometheus was asked at its end).",
+            f"The hold's row is over its last {result['hold']['window_s']:g} s (at most the rules' 5-minute "
+            "window, which Prometheus was asked about at the hold's end).",
         ]
     lines += [
         "",
@@ -391,18 +393,26 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 LAB_NOTES = [
-    "- The lab has no GPU: its knee is set by the stand-in's configured capacity (batch slots x instances, "
-    "and the time each generation holds a slot), not by an engine. What it does show is that the path adds "
-    "little below the knee (edge, WAF, TLS: compare TTFT p50 at 1 user with the configured prefill), that "
-    "requests beyond the slots queue rather than fail, and that the latency alert and its recording rule "
-    "follow what users measure.",
+    "- The stand-in's pace stands for a mid-sized model on one GPU: 25 ms between tokens is 40 tokens/s per "
+    "stream (an 8B model under batch load), 60 ms of prefill is a short chat prompt's, 64 tokens a short answer, "
+    "so a generation holds its slot about 1.6 s. 8 batch slots per instance is far below a real engine's batch "
+    "on purpose: with 2 instances (16 generations at once, about 10 requests/s) the knee falls inside the "
+    "steps while the client and the lab share 2 cores.",
+    "- The lab has no GPU: its knee is set by that configured capacity (slots x instances, and the time each "
+    "generation holds a slot), not by an engine. What it does show is that the path adds little below the knee "
+    "(edge, WAF, TLS: TTFT p50 at 1 user against the configured prefill), that requests beyond the slots queue "
+    "rather than fail, and whether the latency alert and its recording rule follow what users measure.",
     "- The client runs on the same 2 shared cores as the lab; the load average column says how busy they were.",
-    "- The edge limits concurrent streams per API key (edge_proxy_streams_per_key, 16): with the lab's keys "
-    "the users are spread over, steps beyond their sum see 429s, which is the edge's limit doing its job, not a "
-    "serving failure (refused users back off for a second, as a well-behaved client does).",
+    "- The edge limits concurrent streams per API key (edge_proxy_streams_per_key, 16): steps beyond 16 per key "
+    "(the users are spread over the lab's user keys) see 429s, which is the edge's limit doing its job, not a "
+    "serving failure; refused users back off for a second, as a well-behaved client does.",
+    "- Prometheus's P99 comes from the engine's TTFT histogram (buckets 0.25, 0.5, 1, 2.5, 5 s): it is "
+    "interpolated inside a bucket, so it agrees with the exact figure here in which bucket it lies, not to the ms.",
     "- On a real site, the same scenario (--endpoint, --model, LOADTEST_API_KEY) measures the real engine: "
     "its knee is where its batch is full and requests start to queue.",
 ]
+
+
 SITE_NOTES = [
     "- The knee is where the engine's batch is full and requests start to queue: the concurrency the site "
     "can serve within the latency objective, for this prompt and answer length.",

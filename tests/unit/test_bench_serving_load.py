@@ -140,7 +140,8 @@ def test_markdown_report_of_a_small_result():
         "environment": {"cores": 2, "machine": "x86_64", "python": "Python 3.12.1", "load_before": 1.0,
                         "load_after": 2.0, "packages": {"locust": "2.47.0", "matplotlib": "3.11.2"}},
         "steps": steps, "hold": hold,
-        "prometheus": {"timeline": [{"t": 0, "alerts": {bench.LATENCY_ALERT: "pending"}}]},
+        "prometheus": {"timeline": [{"t": 0, "alerts": {bench.LATENCY_ALERT: "pending"},
+                                      "records": {bench.LATENCY_RECORD: {"streamed_ttft": 0.74}}}]},
         "knee": bench.find_knee(steps), "output_json": "x/serving-load.json", "output_png": "x/serving-load.png",
         "notes": bench.LAB_NOTES,
     }  # fmt: skip
@@ -153,7 +154,7 @@ def test_markdown_report_of_a_small_result():
     assert "| ServingHttp5xxRatioHigh | HTTP 5xx > 1 % | yes, at 4 users |" in text
     assert "25 ms between tokens, 60 ms prefill, 8 batch slots, 64 tokens" in text
     assert "HTTP 502 (2)" in text and "locust 2.47.0, matplotlib 3.11.2" in text
-    assert "- 0 s: ServingLatencyP99High pending" in text
+    assert "- 0 s: ServingLatencyP99High pending (llm:request_latency_seconds:p99_5m streamed_ttft 0.74 s)" in text
 
 
 def test_samples_file_parsing(tmp_path):
