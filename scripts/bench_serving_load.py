@@ -43,6 +43,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -73,6 +74,7 @@ LATENCY_ALERT = "ServingLatencyP99High"
 HTTP_5XX_ALERT = "ServingHttp5xxRatioHigh"
 LATENCY_RECORD = "llm:request_latency_seconds:p99_5m"
 HTTP_5XX_RECORD = "llm:edge_5xx:ratio_rate5m"
+SETTLE_S = 30
 
 # The lab's stand-in pace (docs/benchmarks/serving-load.md says why these figures): about 40
 # tokens/s per stream, a prefill of tens of ms, 8 generations at once per instance.
@@ -304,6 +306,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         )
     for host, observed in sorted(settings.get("observed_env", {}).items()):
         lines.append(f"  - {host}: {observed}")
+    if "scrape_wait_s" in settings:
+        lines.append(f"  - Prometheus scraped these containers {settings['scrape_wait_s']} s after the play.")
     lines += [
         f"- Machine: {env['cores']} cores ({env['machine']}), {env['python']}; load average "
         f"{env['load_before']} before, {env['load_after']} after (the client shares the cores with the lab).",
@@ -362,6 +366,12 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| {v['prometheus_state'] or 'not asked'} | {recorded} | {agrees} |"
         )
     prom = result.get("prometheus") or {}
+    if "asked_after_s" in prom:
+        lines += [
+            "",
+            f"Prometheus was asked {prom['asked_after_s']} s after the load ended (two scrape and rule "
+            "evaluation intervals), for the alerts' state and the recording rules' values.",
+        ]
     if prom.get("timeline"):
         lines += ["", "Alert states during the hold (seconds into it):", ""]
         for point in prom["timeline"]:
@@ -622,7 +632,7 @@ def lab_target() -> Target:
         keys=keys,
         cacert=str(ca),
         prometheus=Prometheus(container=topo.container(ops.name)),
-        setup={"instances": len(gpu_hosts), "containers": {h.name: topo.container(h.name) for h in gpu_hosts}},
+        setup={"instances": len(gpu_hosts), "hosts": {h.name: (topo.container(h.name), h.address) for h in gpu_hosts}},
     )
 
 
@@ -662,18 +672,36 @@ def serving_play(extra_vars: dict[str, Any] | None, label: str) -> None:
         raise SystemExit(f"the serving play ({label}) failed ({rc}):\n{logfile.read_text()[-3000:]}")
 
 
-def observed_env(target: Target) -> dict[str, str]:
-    """The STANDIN_* settings of the running serving containers, as Docker reports them."""
+def serving_containers(target: Target) -> dict[str, dict[str, Any]]:
+    """The lab's running serving containers: their STANDIN_* settings and the scrape target
+    (host address and published port) of each, as Docker reports them."""
     found = {}
-    for host, container in target.setup.get("containers", {}).items():
+    for host, (container, address) in target.setup.get("hosts", {}).items():
         in_host = ["docker", "exec", container, "docker"]
-        listed = [*in_host, "ps", "--filter", "name=llm-serving-", "--format", "{{.Names}}"]
-        for name in subprocess.run(listed, capture_output=True, text=True, check=False).stdout.split():
+        listed = [*in_host, "ps", "--filter", "name=llm-serving-", "--format", "{{.Names}} {{.Ports}}"]
+        for line in subprocess.run(listed, capture_output=True, text=True, check=False).stdout.splitlines():
+            name, _, ports = line.partition(" ")
             inspect = [*in_host, "inspect", "--format", "{{json .Config.Env}}", name]
-            proc = subprocess.run(inspect, capture_output=True, text=True, check=False)
-            env = json.loads(proc.stdout or "[]")
-            found[f"{host} {name}"] = " ".join(sorted(e for e in env if e.startswith("STANDIN_"))) or "no STANDIN_*"
+            env = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=False).stdout or "[]")
+            published = re.search(r":(\d+)->", ports)
+            found[f"{host} {name}"] = {
+                "env": " ".join(sorted(e for e in env if e.startswith("STANDIN_"))) or "no STANDIN_*",
+                "target": f"{address}:{published.group(1)}" if published else "",
+            }
     return found
+
+
+def wait_for_scrapes(prometheus: Prometheus, targets: set[str], timeout_s: float = 240) -> float:
+    """Seconds until Prometheus scrapes every running serving container: a rollout moves an
+    instance to its other colour's port, and the engine's TTFT histogram, which the latency
+    alert reads, is only seen once Prometheus follows (file_sd, rewritten by the rollout)."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        up = {s["metric"].get("instance") for s in prometheus.query('up{job="serving"} == 1')}
+        if targets <= up:
+            return time.monotonic() - began
+        time.sleep(5)
+    raise SystemExit(f"Prometheus did not scrape {sorted(targets)} within {timeout_s:.0f} s")
 
 
 def package_versions(python: str) -> dict[str, str]:
@@ -752,6 +780,9 @@ def measure(args: argparse.Namespace, target: Target, workdir: Path) -> dict[str
         hold["phase"] = "hold"
         prom["timeline"] = timeline
     if target.prometheus:
+        # Two scrape and evaluation intervals (15 s each on the lab), so the last seconds of load count.
+        time.sleep(SETTLE_S)
+        prom["asked_after_s"] = SETTLE_S
         try:
             prom.update(target.prometheus.snapshot())
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
@@ -798,7 +829,11 @@ def main(argv: list[str] | None = None) -> None:
             # Inside the try: a pace play that fails half-way is undone too.
             log(f"setting the stand-in's pace: {LAB_PACE}")
             serving_play(paced, "pace")
-            settings["observed_env"] = observed_env(target)
+            containers = serving_containers(target)
+            settings["observed_env"] = {name: c["env"] for name, c in containers.items()}
+            waited = wait_for_scrapes(target.prometheus, {c["target"] for c in containers.values()})
+            settings["scrape_wait_s"] = round(waited)
+            log(f"Prometheus scrapes the paced containers ({waited:.0f} s after the play)")
         measured = measure(args, target, workdir)
     finally:
         if args.lab:
