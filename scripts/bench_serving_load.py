@@ -398,7 +398,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     ]
     lines += result.get("notes") or []
     lines.append("")
-    lines.append(f"Raw figures: `{Path(result['output_json']).name}`; chart: `{Path(result['output_png']).name}`.")
+    lines.append(f"Raw figures: `{Path(result['output_json']).name}`.")
+    if result.get("chart"):
+        lines += ["", f"![Latency and throughput by concurrency]({Path(result['output_png']).name})"]
+    else:
+        lines += ["", "(No chart: matplotlib is not installed here; requirements-bench.txt has it.)"]
     return "\n".join(lines) + "\n"
 
 
@@ -434,12 +438,14 @@ SITE_NOTES = [
 # ---------------------------------------------------------------- chart (matplotlib, imported here only)
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    """p50/p99 TTFT and total latency per concurrency with the 500 ms line; requests/s below."""
-    import matplotlib  # noqa: PLC0415 (benchmark-only dependency: unit tests run without it)
+def plot(result: dict[str, Any], path: Path) -> bool:
+    """p50/p99 TTFT and total latency per concurrency with the 500 ms line; requests/s below.
+    False without matplotlib (toolkit.charts: only `make bench` installs it)."""
+    from toolkit import charts  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = charts.pyplot()
+    if plt is None:
+        return False
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: PLC0415
 
     steps = result["steps"]
@@ -480,9 +486,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     bottom.grid(True, alpha=0.3)
     bottom.legend(loc="upper left", fontsize=8)
     errors.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    charts.save(fig, path)
     plt.close(fig)
+    return True
 
 
 # ---------------------------------------------------------------- running things
@@ -875,7 +881,7 @@ def main(argv: list[str] | None = None) -> None:
     result["verdicts"] = alert_verdicts(measured["steps"], measured["hold"], args.hold, measured["prometheus"])
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, output.with_suffix(".png"))
+    result["chart"] = plot(result, output.with_suffix(".png"))
     text = render_markdown(result)
     output.write_text(text)
     print(text)
