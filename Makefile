@@ -28,10 +28,12 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed ## Create the pinned Python environment (.venv)
 
-requirements: ## Re-pin requirements.txt (with hashes) from requirements.in
+requirements: ## Re-pin requirements.txt and requirements-bench.txt (with hashes) from their .in files
 	$(BIN)/python -m pip install --quiet 'pip-tools==7.6.2'
 	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 	  --no-emit-index-url --no-emit-find-links -o requirements.txt requirements.in
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links -c requirements.txt -o requirements-bench.txt requirements-bench.in
 
 lint: venv ## yamllint, ansible-lint (production profile), ruff
 	yamllint --strict .
@@ -39,7 +41,8 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 	ruff check $(PY_SOURCES)
 	ruff format --check $(PY_SOURCES)
 
-unit: venv ## pytest: plugins, scripts, and the broken-inventory set
+# The benchmarks' packages (requirements-bench.txt) too: the load scenario and the charts run here.
+unit: venv $(VENV)/.bench-installed ## pytest: plugins, scripts, and the broken-inventory set
 	pytest -q tests/unit tests/preflight
 
 images: venv ## Build the lab and test images (cached by recipe hash)
@@ -79,8 +82,26 @@ lab: lab-up lab-converge ## Bring up the lab and converge the whole site on it
 lab-down: venv ## Remove everything the lab created
 	python scripts/lab down
 
-bench: venv lab-up ## Measure a no-op re-run of the site (docs/benchmarks/)
-	python scripts/bench_noop_rerun.py --fresh --output docs/benchmarks/noop-rerun.md
+# Benchmarks (README, "Benchmarks"): reports, raw JSON and charts under docs/benchmarks/;
+# QUICK=1 makes short runs and writes them to .cache/bench/ instead. The no-op benchmark
+# starts from a fresh lab and leaves it converged for the storage and load benchmarks; the
+# edge and scale benchmarks build their own hosts. Plotting and Locust come from
+# requirements-bench.txt (constrained by requirements.txt), which only this target and
+# `make unit` install.
+BENCH_FLAGS := $(if $(QUICK),--quick)
+BENCH_OUT   := $(if $(QUICK),.cache/bench,docs/benchmarks)
+
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-bench.txt
+	touch $@
+
+bench: venv $(VENV)/.bench-installed ## Every benchmark, with charts (docs/benchmarks/); QUICK=1 for short runs
+	mkdir -p $(BENCH_OUT)
+	python scripts/bench_noop_rerun.py --fresh $(BENCH_FLAGS) --output $(BENCH_OUT)/noop-rerun.md
+	python scripts/bench_s3.py $(BENCH_FLAGS) --output $(BENCH_OUT)/object-storage.md
+	python scripts/bench_serving_load.py --lab $(BENCH_FLAGS) --output $(BENCH_OUT)/serving-load.md
+	python scripts/bench_edge.py $(BENCH_FLAGS) --output $(BENCH_OUT)/edge-overhead.md
+	python scripts/bench_scale.py $(BENCH_FLAGS) --output $(BENCH_OUT)/scale.md
 
 clean: lab-down ## Remove the lab, caches and the virtual environment
 	rm -rf $(VENV) .cache

@@ -2,8 +2,10 @@
 """Benchmark: how a site run grows with the number of GPU nodes.
 
     scripts/bench_scale.py [--nodes 1,2,4,8,16] [--rounds 2] [--no-accelerated] [--quick]
-                           [--instance 1] [--output docs/benchmarks/scale.md]
-    scripts/bench_scale.py --report-only [--output ...]   (the report again, from the JSON)
+                           [--kinds noop,check] [--append] [--instance 1]
+                           [--output docs/benchmarks/scale.md]
+    scripts/bench_scale.py --report-only [--findings FILE] [--output ...]
+                           (the report again from the JSON, with a reader's findings in Markdown)
 
 For each size N it builds a lab of its own from nothing: the lab's hosts that are not GPU
 nodes (topology.yml: edge1, ops1) plus N GPU nodes gpu1..gpuN made like the lab's, on lab
@@ -154,7 +156,7 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 1)
 
 
-def measure(nodes: int, instance: int, tag: str, rounds: int, settings: list[str]) -> dict:
+def measure(nodes: int, instance: int, tag: str, rounds: int, settings: list[str], kinds: list[str]) -> dict:
     topo = sized_topology(nodes, instance)
     write_inventory(topo)
     fresh_lab(topo, tag)
@@ -163,6 +165,8 @@ def measure(nodes: int, instance: int, tag: str, rounds: int, settings: list[str
     print(f"[{nodes:2} GPU nodes] first converge {runs[0].seconds} s, {runs[0].host_tasks} host-tasks", flush=True)
     for i in range(rounds):
         for kind, args in (("noop", ()), ("check", ("--check", "--diff"))):
+            if kind not in kinds:
+                continue
             for setting in settings:
                 run = timed(kind, setting, *args)
                 runs.append(run)
@@ -277,6 +281,8 @@ def report(doc: dict) -> str:
             ]
             for name, a, b, ratio in growth(small, large, kind, "plays", top=6):
                 lines.append(f"| {name.replace('|', '/')} | {a:.1f} | {b:.1f} | x{ratio:.1f} |")
+    if doc.get("findings"):
+        lines += ["", "## Findings", "", doc["findings"].strip()]
     if doc.get("chart"):
         lines += ["", f"![seconds per run against GPU nodes]({doc['chart']})"]
     lines += ["", "## Environment", "", f"```\n{doc['environment']}\n```", ""]
@@ -343,12 +349,18 @@ def main() -> int:
     parser.add_argument("--no-accelerated", action="store_true", help="measure the default path only")
     parser.add_argument("--quick", action="store_true", help="sizes 1, 2, 4 and one round")
     parser.add_argument("--instance", type=int, default=1, help="lab instance for the measured labs (default 1)")
+    parser.add_argument("--kinds", default="noop,check", help="re-runs to time after the first converge (default both)")
+    parser.add_argument("--append", action="store_true", help="add these sizes to the JSON beside --output")
     parser.add_argument("--keep", action="store_true", help="leave the last size's lab running")
     parser.add_argument("--report-only", action="store_true", help="write the report again from the JSON")
+    parser.add_argument("--findings", type=Path, help="with --report-only: Markdown to keep in the report as findings")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks" / "scale.md")
     args = parser.parse_args()
     if args.report_only:
-        write(json.loads(args.output.with_suffix(".json").read_text()), args.output)
+        doc = json.loads(args.output.with_suffix(".json").read_text())
+        if args.findings:
+            doc["findings"] = args.findings.read_text()
+        write(doc, args.output)
         print(args.output.read_text())
         return 0
     if args.instance == topology.instance_number():
@@ -356,6 +368,9 @@ def main() -> int:
     nodes = [1, 2, 4] if args.quick else [int(n) for n in args.nodes.split(",")]
     rounds = 1 if args.quick else args.rounds
     settings = ["default"] if args.no_accelerated else list(SETTINGS)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if set(kinds) - {"noop", "check"}:
+        raise SystemExit(f"--kinds {args.kinds}: use noop and/or check")
     doc = {
         "measured": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "command": "scripts/bench_scale.py " + " ".join(sys.argv[1:]),
@@ -366,13 +381,18 @@ def main() -> int:
         "environment": environment(),
         "sizes": [],
     }
+    if args.append:  # an earlier run's sizes stay; the new ones are added (same machine, said in the report)
+        earlier = json.loads(args.output.with_suffix(".json").read_text())
+        doc["sizes"] = [s for s in earlier["sizes"] if s["gpu_nodes"] not in nodes]
+        doc["measured"] = f"{earlier['measured']}, then {doc['measured']}"
+        doc["command"] = f"{earlier['command']}; then {doc['command']}"
     engine.ensure_engine(layout.STATE)
     tag = images.ensure_image(cli.BASE_RECIPE)
     cli.build_test_double_images()
     FACTS.mkdir(parents=True, exist_ok=True)
     try:
         for n in nodes:
-            doc["sizes"].append(measure(n, args.instance, tag, rounds, settings))
+            doc["sizes"].append(measure(n, args.instance, tag, rounds, settings, kinds))
             write(doc, args.output)
     finally:
         if not args.keep:

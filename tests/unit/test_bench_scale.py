@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bench_scale as bench
+import pytest
 from labkit import topology
 
 
@@ -80,3 +81,11 @@ def test_medians_per_run_and_setting_and_the_growth_report():
     assert "| no-op re-run | default | 101.0 -> 401.0 | x3.97 |" in text
     assert "| Serving | 20.0 | 320.0 | x16.0 |" in text
     assert "changed something" not in text
+
+
+def test_the_chart_is_a_png_of_both_panels(tmp_path):
+    pytest.importorskip("matplotlib")  # requirements-bench.txt, which `make unit` installs
+    doc = {"cores": 2, "settings": ["default", "accelerated"],
+           "sizes": [_size(1, 3, 300.0, 100.0, 20.0), _size(4, 6, 600.0, 200.0, 80.0)]}  # fmt: skip
+    assert bench.chart(doc, tmp_path / "scale.png")
+    assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
