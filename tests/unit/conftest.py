@@ -1,13 +1,20 @@
-"""Import helpers for plugins that live outside a Python package (Ansible loads them by path)."""
+"""Shared helpers of the unit tests: loading plugins that live outside a Python package (Ansible
+loads them by path), and the trtllm-serve test double on a loopback port."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import ansible.module_utils
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Modules import `ansible.module_utils.<name>`; Ansible finds those in plugins/module_utils
@@ -27,3 +34,57 @@ def load_plugin(relative: str | Path, name: str | None = None) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
+
+
+# The trtllm-serve test double on a loopback port (tests/unit/test_trtllm_standin.py and the
+# load scenario's test use it): standin(settings=None, **STANDIN_env) -> its base URL.
+STANDIN = Path(__file__).resolve().parents[1] / "doubles" / "trtllm-standin" / "trtllm-serve"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def standin(tmp_path):
+    def start(settings: dict | None = None, **env: str):
+        model = tmp_path / "tiny-model"
+        model.mkdir(exist_ok=True)
+        if settings:
+            (model / "standin.json").write_text(json.dumps(settings))
+        port = _free_port()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(STANDIN),
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend",
+                "pytorch",
+            ],
+            env={"STANDIN_READY_AFTER_S": "0", "STANDIN_TOKEN_DELAY_MS": "1", **env},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return f"http://127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("stand-in did not start")
+
+    procs: list[subprocess.Popen] = []
+    start.procs = procs
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=5)

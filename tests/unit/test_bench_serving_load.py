@@ -13,8 +13,6 @@ import sys
 import bench_serving_load as bench
 import pytest
 
-from tests.unit.test_trtllm_standin import standin  # noqa: F401 (the fixture: a stand-in on a loopback port)
-
 
 def sample(start: float, ttft: float | None, total: float, status: int = 200, stream: bool = True) -> dict:
     ok = status == 200
@@ -174,7 +172,7 @@ def test_samples_file_parsing(tmp_path):
     assert bench.read_samples(path).start == 5.0
 
 
-def test_the_locust_scenario_against_a_local_stand_in(standin, tmp_path):  # noqa: F811 (the fixture)
+def test_the_locust_scenario_against_a_local_stand_in(standin, tmp_path):
     # Looked up, not imported: importing Locust monkey-patches the standard library (gevent)
     # for the rest of the pytest session, which pytest.importorskip would do.
     if importlib.util.find_spec("locust") is None:

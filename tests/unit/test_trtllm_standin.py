@@ -4,66 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
-
-STANDIN = Path(__file__).resolve().parents[1] / "doubles" / "trtllm-standin" / "trtllm-serve"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def standin(tmp_path):
-    def start(settings: dict | None = None, **env: str):
-        model = tmp_path / "tiny-model"
-        model.mkdir(exist_ok=True)
-        if settings:
-            (model / "standin.json").write_text(json.dumps(settings))
-        port = _free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(STANDIN),
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--backend",
-                "pytorch",
-            ],
-            env={"STANDIN_READY_AFTER_S": "0", "STANDIN_TOKEN_DELAY_MS": "1", **env},
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return f"http://127.0.0.1:{port}"
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("stand-in did not start")
-
-    procs: list[subprocess.Popen] = []
-    start.procs = procs
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=5)
 
 
 def _get(url: str) -> tuple[int, bytes]:
