@@ -76,6 +76,28 @@ def sized_topology(nodes: int, instance: int) -> topology.Topology:
     return dataclasses.replace(lab, hosts=others + made)
 
 
+# systemd in each host container holds several inotify instances, and all of Docker's
+# containers share the kernel's per-user limit (default 128): at 16 GPU nodes a host's systemd
+# fails to start without a word. Measured: about 7 per lab host.
+INOTIFY_PER_HOST = 8
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def check_inotify(hosts: int) -> None:
+    """Refuse, saying how to fix it, when the kernel's inotify limit cannot hold `hosts` more hosts."""
+    if not INOTIFY_LIMIT.exists():
+        return
+    limit = int(INOTIFY_LIMIT.read_text())
+    running = len(subprocess.run(["docker", "ps", "-q"], capture_output=True, text=True, check=False).stdout.split())
+    needed = INOTIFY_PER_HOST * (hosts + running)
+    if limit < needed:
+        raise SystemExit(
+            f"fs.inotify.max_user_instances is {limit}; {hosts} lab hosts beside {running} running containers "
+            f"need about {needed} (systemd in each holds several). Raise it: "
+            "sudo sysctl -w fs.inotify.max_user_instances=1024"
+        )
+
+
 def write_inventory(topo: topology.Topology) -> None:
     INVENTORY.mkdir(parents=True, exist_ok=True)
     group_vars = INVENTORY / "group_vars"
@@ -159,6 +181,7 @@ def load_average() -> float:
 def measure(nodes: int, instance: int, tag: str, rounds: int, settings: list[str], kinds: list[str]) -> dict:
     topo = sized_topology(nodes, instance)
     write_inventory(topo)
+    check_inotify(len(topo.hosts))
     fresh_lab(topo, tag)
     print(f"[{nodes:2} GPU nodes] {len(topo.hosts)} fresh hosts; first converge ...", flush=True)
     runs = [timed("first", "default")]
