@@ -80,6 +80,14 @@ def scraped_ports(lab: Lab, host: str) -> set[int]:
     }
 
 
+def readiness_lost(lab: Lab, host: str, seconds: float) -> float:
+    """How often Prometheus saw the host's readiness go from ready to not ready in the last
+    `seconds` (what ServingModelLoadFailures counts as lost readiness)."""
+    query = f'sum(resets(probe_success{{job="serving_readiness",host="{host}"}}[{int(seconds) + 1}s]))'
+    result = lab.monitoring_api("/api/v1/query", query=query)["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
+
+
 def release_of(lab: Lab, host: str) -> str | None:
     """The stand-in release the host's active endpoint answers with (v1, v2), or None."""
     eps = [e for e in fact(lab, host) if e["instance"] == INSTANCE and e["state"] == "active"]
@@ -275,6 +283,7 @@ def test_blue_green_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict,
     at_release(converged, host, "v1")
     new_colour, new_port = other_colour(active(converged, host)["colour"])
     old = container_id(converged, host)
+    began = time.monotonic()
     run, loop, seconds = update_under_load(
         converged,
         edge,
@@ -295,6 +304,9 @@ def test_blue_green_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict,
     assert [(e["colour"], e["state"]) for e in fact(converged, host)] == [(new_colour, "active")]
     assert "[standin v2]" in direct(converged, host, new_port)
     assert units(converged, host) == [f"llm-serving-{INSTANCE}-{new_colour}.service"]
+    # Prometheus stopped probing the old colour before it was stopped: a planned update
+    # counts no lost readiness (more than three an hour raise ServingModelLoadFailures).
+    assert readiness_lost(converged, host, time.monotonic() - began) == 0
 
 
 def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, record_property):
@@ -305,6 +317,7 @@ def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, re
     at_release(converged, host, "v1")
     new_colour, _ = other_colour(active(converged, host)["colour"])
     old = container_id(converged, host)
+    began = time.monotonic()
     run, loop, seconds = update_under_load(
         converged, edge, "--limit", host, *release("v2", llm_serving_update_strategy="rolling")
     )
@@ -324,6 +337,7 @@ def test_rolling_update_v1_to_v2_drops_no_request(converged: Lab, edge: dict, re
     # scrapes the new colour's port, not the stopped one (which raised TargetDown).
     port = active(converged, host)["port"]
     wait_for(f"Prometheus scraping {host}:{port} only", lambda: scraped_ports(converged, host) == {port}, timeout=60)
+    assert readiness_lost(converged, host, time.monotonic() - began) == 0
 
 
 def test_a_release_that_never_becomes_ready_is_rolled_back(converged: Lab, edge: dict):

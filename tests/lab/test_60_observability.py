@@ -140,6 +140,7 @@ def expected_targets(lab: Lab) -> set[tuple[str, str]]:
         for ep in (read_fact(lab, host, "llm_serving") or {}).get("endpoints", []):
             if ep.get("state", "active") != "down":
                 expected.add(("serving", f"{lab.address(host)}:{ep['port']}"))
+            if ep.get("state", "active") == "active":  # a draining endpoint is not probed
                 expected.add(("serving_readiness", f"http://{lab.address(host)}:{ep['port']}/health"))
     return expected
 
