@@ -167,7 +167,7 @@ def test_kernel_login_and_host_key_settings_persisted(converged: Lab):
     modprobe = read("/etc/modprobe.d/60-cluster-hardening.conf")
     for module in ("dccp", "sctp", "rds", "tipc", "usb-storage", "firewire-core"):
         assert f"install {module} /bin/false" in modprobe
-    sysctl = read("/etc/sysctl.d/61-cluster-hardening.conf").splitlines()
+    sysctl = read("/etc/sysctl.d/99-zz-cluster-hardening.conf").splitlines()
     wanted = [
         "net.ipv4.conf.all.accept_redirects = 0",
         "net.ipv4.conf.all.accept_source_route = 0",
