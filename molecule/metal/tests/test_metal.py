@@ -27,7 +27,7 @@ import pytest
 import testinfra
 from ansible.parsing.vault import VaultLib, VaultSecret
 from toolkit.ansible_run import PlaybookRun, run_playbook
-from toolkit.hardening_audit import lynis_lost
+from toolkit.hardening_audit import lynis_lost, lynis_report
 
 from tests.helpers import openbao
 
@@ -507,11 +507,8 @@ def test_lynis_hardening_index_of_the_vm(host):
     for name in ("lynis-report.dat", "lynis.log", "lynis-console.txt"):
         files[name] = sh(host, f"cat /var/log/{name}").stdout
         (out / name).write_text(files[name])
-    report = files["lynis-report.dat"].splitlines()
-    index = int(next(line.split("=", 1)[1] for line in report if line.startswith("hardening_index=")))
-    warnings = sorted({line.split("=", 1)[1].split("|")[0] for line in report if line.startswith("warning[]=")})
-    suggestions = sorted({line.split("=", 1)[1].split("|")[0] for line in report if line.startswith("suggestion[]=")})
-    summary = {"hardening_index": index, "warnings": warnings, "suggestions": suggestions, "seconds": round(took)}
+    summary = lynis_report(files["lynis-report.dat"]) | {"seconds": round(took)}
+    index, warnings, suggestions = summary["hardening_index"], summary["warnings"], summary["suggestions"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"Lynis hardening index of the VM: {index}; warnings: {warnings}; suggestions: {suggestions}; in {out}")
     assert index >= 85, f"index {index}; points lost: {lynis_lost(files['lynis.log'])}"
