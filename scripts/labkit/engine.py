@@ -23,9 +23,11 @@ def engine_answers() -> bool:
     return shutil.which("docker") is not None and ok(["docker", "info"], timeout=20)
 
 
-def _apt_install(packages: list[str]) -> None:
+def apt_install(packages: list[str]) -> None:
+    """apt-get update and install, waiting (up to 10 min) for another apt run to finish."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *packages]):
+    wait = ["-o", "DPkg::Lock::Timeout=600"]
+    for argv in (["apt-get", *wait, "update", "-q"], ["apt-get", *wait, "install", "-y", "-q", *packages]):
         proc = subprocess.run(argv, env=env, text=True, capture_output=True, check=False)
         if proc.returncode != 0:
             raise LabError(f"`{' '.join(argv)}` failed: {proc.stderr.strip()[-1500:]}")
@@ -41,7 +43,7 @@ def ensure_packages(packages: list[str], commands: list[str]) -> None:
             f"missing {', '.join(missing)}; install them with `sudo apt-get install {' '.join(packages)}` and run again"
         )
     with progress.step(f"installing {' '.join(packages)} from the distribution"):
-        _apt_install(packages)
+        apt_install(packages)
 
 
 def ensure_engine(state_dir: Path, wait_s: float = 90) -> None:

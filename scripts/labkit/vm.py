@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from . import images, layout, progress
-from .engine import _apt_install
+from .engine import apt_install
 from .shell import LabError, ok, run
 
 ROOT = layout.ROOT
@@ -79,7 +79,7 @@ def ensure_tools(commands: list[str]) -> None:
             f"`sudo apt-get install --no-install-recommends {' '.join(packages)}` and run again"
         )
     with progress.step(f"installing {' '.join(packages)} from the distribution"):
-        _apt_install(["--no-install-recommends", *packages])
+        apt_install(["--no-install-recommends", *packages])
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,20 @@ def lynis_lost(log: str) -> dict[str, int]:
     return {test: most - got for test, (got, most) in lynis_points(log).items() if most > got}
 
 
+def lynis_report(report: str) -> dict[str, Any]:
+    """The hardening index and the IDs of the warnings and suggestions, from
+    /var/log/lynis-report.dat (`key=value` lines; `warning[]=ID|text|...` repeats)."""
+    lines = report.splitlines()
+    index = next((int(line.split("=", 1)[1]) for line in lines if line.startswith("hardening_index=")), None)
+    if index is None:
+        raise ValueError("no hardening_index= line: Lynis did not finish its audit")
+
+    def ids(key: str) -> list[str]:
+        return sorted({line.split("=", 1)[1].split("|")[0] for line in lines if line.startswith(key)})
+
+    return {"hardening_index": index, "warnings": ids("warning[]="), "suggestions": ids("suggestion[]=")}
+
+
 def ssh_audit_problems(report: dict[str, Any]) -> list[str]:
     """Every failure and warning in an `ssh-audit -j` report (empty when there is none)."""
     problems = []

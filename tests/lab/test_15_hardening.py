@@ -23,7 +23,7 @@ import time
 
 import pytest
 from conftest import ROOT, Lab, _summary, wait_for
-from toolkit.hardening_audit import CONTAINER_UNREACHABLE, lynis_index, lynis_lost, ssh_audit_problems
+from toolkit.hardening_audit import CONTAINER_UNREACHABLE, lynis_index, lynis_lost, lynis_report, ssh_audit_problems
 
 pytestmark = pytest.mark.usefixtures("converged")
 
@@ -53,7 +53,7 @@ def test_lynis_hardening_index_per_host_kind(converged: Lab, kind: str):
         converged.exec(host, "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q lynis", check=False)
     for name, text in (("report.dat", report), ("log", log), ("console.txt", console)):
         (ARTIFACTS / f"lynis-{kind}-{host}.{name}").write_text(text)
-    raw = int(next(line.split("=", 1)[1] for line in report.splitlines() if line.startswith("hardening_index=")))
+    raw = lynis_report(report)["hardening_index"]
     reachable = lynis_index(log, leave_out=CONTAINER_UNREACHABLE)
     lost = {t: p for t, p in sorted(lynis_lost(log).items(), key=lambda x: -x[1]) if t not in CONTAINER_UNREACHABLE}
     assert reachable >= TARGET, f"{host}: index {reachable} (all tests: {raw}); points lost: {lost}"

@@ -64,6 +64,8 @@ def test_every_host_backs_up_its_sets_on_timers(converged: Lab):
     for host in converged.hosts():
         timers = converged.exec(host, "systemctl list-timers 'cluster-backup@*' --all --no-legend").stdout
         assert "cluster-backup@config.timer" in timers, (host, timers)
+        # Before any backup, the set's freshness counts from its configuration (BackupTooOld).
+        assert metric(converged, host, "cluster_backup_configured_timestamp_seconds", 'set="config"') > 0, host
     assert "cluster-backup@ca.timer" in converged.exec(converged.hosts("ops")[0], "systemctl list-timers --all").stdout
 
 
@@ -72,6 +74,7 @@ def test_a_backup_writes_a_snapshot_to_s3_and_its_local_copy(backed_up: Lab, buc
     snapshot = json.loads(backed_up.exec(ops, "cluster-backup --ls config latest /etc/hostname").stdout.splitlines()[0])
     assert snapshot["hostname"] == ops and snapshot["tags"] == ["config"]
     assert metric(backed_up, ops, "cluster_backup_last_run_success", 'set="config"') == 1
+    assert metric(backed_up, ops, "cluster_backup_configured_timestamp_seconds", 'set="config"') > 0  # kept
     assert metric(backed_up, ops, "cluster_backup_copy_last_success_timestamp_seconds", 'set="config",copy="local"')
     # One repository per host in the lab's Ceph, and its copy on the host itself.
     for host in backed_up.hosts():
