@@ -1,8 +1,9 @@
 """Backups (roles/backup) on the lab: restic repositories in the lab's Ceph (ops1), a second
 copy on each host, restores and the drill.
 
-Runs before the observability tests (test_60), which then find the backup metrics in the
-scrape. The corruption test damages a pack through S3 and repairs it (the good version,
+The series the backup alerts read that only a run writes (a backup, a copy, a drill, a full
+read) are asserted here, after the drill; the observability tests (test_60) leave them to
+this file. The corruption test damages a pack through S3 and repairs it (the good version,
 which object lock kept, is copied over the damaged one), so the lab ends with good backups.
 """
 
@@ -12,8 +13,11 @@ import json
 import re
 
 import pytest
+import yaml
 from conftest import ROOT, Lab, _summary, quote, wait_for
 from labkit import s3
+
+from tests.promtool import promkit
 
 PLAYBOOKS = ROOT / "playbooks"
 
@@ -103,6 +107,18 @@ def test_the_drill_restores_every_set_and_reports_its_time(backed_up: Lab):
         assert metric(backed_up, ops, "cluster_backup_drill_success", f'set="{name}"') == 1
         assert metric(backed_up, ops, "cluster_backup_drill_duration_seconds", f'set="{name}"') > 0
     assert metric(backed_up, ops, "cluster_backup_check_success", 'repository="local"') == 1
+    # Every series the backup alerts read now exists and reaches Prometheus.
+    rules = yaml.safe_load(backed_up.exec(ops, "cat /etc/prometheus/rules.d/backup.yml").stdout)
+    used = set().union(*(promkit.metric_names(r["expr"]) for g in rules["groups"] for r in g["rules"]))
+    assert "cluster_backup_drill_success" in used
+
+    def missing() -> set[str]:
+        return used - set(backed_up.monitoring_api("/api/v1/label/__name__/values")["data"])
+
+    try:
+        wait_for("the backup alerts' series in Prometheus", lambda: not missing(), timeout=90)
+    except AssertionError:
+        raise AssertionError(f"series the backup alerts read, not in Prometheus: {sorted(missing())}") from None
 
 
 def test_a_damaged_pack_fails_the_drill_loudly_and_alerts(backed_up: Lab, bucket):
