@@ -215,3 +215,27 @@ def test_prometheus_history_lost_with_its_block_comes_back_with_restore(backed_u
         timeout=120,
     )
     assert backed_up.exec(ops, "test -e /var/lib/prometheus/snapshot", check=False).returncode != 0
+
+
+def test_a_set_no_longer_listed_loses_its_timer_files_and_metrics(backed_up: Lab):
+    """Left behind, a removed set's metrics would raise BackupTooOld a day later."""
+    host = backed_up.hosts("edge")[0]
+    assert "edge-logs" in sets_of(backed_up, host)
+    defaults = yaml.safe_load((ROOT / "roles" / "backup" / "defaults" / "main.yml").read_text())
+    without = [s for s in defaults["backup_sets"] if s["name"] != "edge-logs"]
+    files = ("/etc/cluster-backup/sets/edge-logs.json", "/etc/systemd/system/cluster-backup@edge-logs.timer.d",
+             "/var/lib/prometheus/node-exporter/cluster_backup_edge-logs.prom")  # fmt: skip
+    assert backed_up.exec(host, " && ".join(f"test -e {f}" for f in files), check=False).returncode == 0
+
+    run = backed_up.playbook("--tags", "backup", "--limit", host, "-e", json.dumps({"backup_sets": without}))
+    assert run.rc == 0, _summary(run)
+    assert "edge-logs" not in sets_of(backed_up, host)
+    assert backed_up.exec(host, " || ".join(f"test -e {f}" for f in files), check=False).returncode != 0  # none left
+    for state in ("is-active", "is-enabled"):
+        assert backed_up.exec(host, f"systemctl {state} --quiet cluster-backup@edge-logs.timer", check=False).returncode
+
+    # The inventory's sets again: the set comes back, its freshness counting from now.
+    again = backed_up.playbook("--tags", "backup", "--limit", host)
+    assert again.rc == 0, _summary(again)
+    assert "edge-logs" in sets_of(backed_up, host)
+    assert metric(backed_up, host, "cluster_backup_configured_timestamp_seconds", 'set="edge-logs"') > 0
