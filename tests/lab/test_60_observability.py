@@ -23,6 +23,7 @@ import pytest
 import yaml
 from conftest import ROOT, VAULT_PASS, Lab, _summary, quote, wait_for
 
+from tests.helpers.edge_client import EdgeClient
 from tests.promtool import promkit
 
 pytestmark = pytest.mark.usefixtures("converged")
@@ -101,8 +102,11 @@ def for_overlay(lab: Lab, rule_file: str, alert: str):
 
 
 @pytest.fixture(scope="module")
-def serving(converged: Lab) -> Lab:
-    """Serving endpoints on the GPU nodes: the serving role's, or the stand-in fixture's."""
+def serving(converged: Lab, api_keys: dict[str, str], tmp_path_factory) -> Lab:
+    """Serving endpoints on the GPU nodes (the serving role's, or the stand-in fixture's),
+    and a few chat requests through the edge: the edge's request and upstream series, which
+    the rules and the serving dashboard read, exist only once traffic passed (so this file
+    does not depend on the serving and edge tests having sent some before it)."""
     if not HAS_SERVING:
         for host in converged.hosts("gpu_nodes"):
             container = converged.topo.container(host)
@@ -118,6 +122,14 @@ def serving(converged: Lab) -> Lab:
         # The layers that read the serving facts follow them, as after a serving rollout.
         run = converged.playbook("--tags", "prometheus,edge_proxy")
         assert run.rc == 0, _summary(run)
+    if HAS_EDGE:
+        edge = converged.hosts("edge")[0]
+        ca = tmp_path_factory.mktemp("edge") / "ca.crt"
+        ca.write_text(converged.exec(edge, "cat /etc/ssl/cluster/ca.crt").stdout)
+        client = EdgeClient(converged.address(edge), edge, ca)
+        chat = {"model": "standin", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello."}]}
+        key = api_keys["lab-client"]
+        assert [client.request("POST", "/v1/chat/completions", chat, key=key).status for _ in range(5)] == [200] * 5
     return converged
 
 
