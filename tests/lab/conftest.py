@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from labkit import topology
 from labkit.layout import INVENTORY, ROOT, SITE, SSH_KEY, VAULT_PASS
 from toolkit.ansible_run import PlaybookRun, run_lab
@@ -117,6 +118,18 @@ def converged(lab: Lab) -> Lab:
         assert lab.runs["converge"].rc == 0, _summary(lab.runs["converge"])
         lab.runs["second"] = lab.playbook()
     return lab
+
+
+@pytest.fixture(scope="session")
+def api_keys() -> dict[str, str]:
+    """The lab's edge API keys by client name (each client's current key), from its vault file."""
+    out = subprocess.run(
+        ["ansible-vault", "view", "--vault-password-file", str(VAULT_PASS),
+         str(INVENTORY / "group_vars" / "all" / "secrets.vault.yml")],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    keys = yaml.safe_load(out.stdout)["cluster_secrets"]["edge_api_keys"]
+    return {name: value[-1] if isinstance(value, list) else value for name, value in keys.items()}
 
 
 def _summary(run: PlaybookRun) -> str:

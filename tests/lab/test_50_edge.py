@@ -10,12 +10,10 @@ scenario (molecule/edge). Every test leaves the edge as it found it.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 
 import pytest
-import yaml
-from conftest import ROOT, VAULT_PASS, Lab, _summary
+from conftest import Lab, _summary
 
 from tests.helpers.edge_client import EdgeClient
 
@@ -39,17 +37,6 @@ UPSTREAMS_CALL = """\
       vars:
         edge_proxy_upstreams_backends: "{{ backends }}"
 """
-
-
-@pytest.fixture(scope="module")
-def api_keys() -> dict[str, str]:
-    secrets_file = ROOT / "inventories" / "lab" / "group_vars" / "all" / "secrets.vault.yml"
-    out = subprocess.run(
-        ["ansible-vault", "view", "--vault-password-file", str(VAULT_PASS), str(secrets_file)],
-        capture_output=True, text=True, check=True, cwd=ROOT,
-    )  # fmt: skip
-    keys = yaml.safe_load(out.stdout)["cluster_secrets"]["edge_api_keys"]
-    return {name: value[-1] if isinstance(value, list) else value for name, value in keys.items()}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
 """Backups (roles/backup) on the lab: restic repositories in the lab's Ceph (ops1), a second
 copy on each host, restores and the drill.
 
-Runs before the observability tests (test_60), which then find the backup metrics in the
-scrape. The corruption test damages a pack through S3 and repairs it (the good version,
+The series the backup alerts read that only a run writes (a backup, a copy, a drill, a full
+read) are asserted here, after the drill; the observability tests (test_60) leave them to
+this file. The corruption test damages a pack through S3 and repairs it (the good version,
 which object lock kept, is copied over the damaged one), so the lab ends with good backups.
 """
 
@@ -12,8 +13,11 @@ import json
 import re
 
 import pytest
+import yaml
 from conftest import ROOT, Lab, _summary, quote, wait_for
 from labkit import s3
+
+from tests.promtool import promkit
 
 PLAYBOOKS = ROOT / "playbooks"
 
@@ -103,6 +107,18 @@ def test_the_drill_restores_every_set_and_reports_its_time(backed_up: Lab):
         assert metric(backed_up, ops, "cluster_backup_drill_success", f'set="{name}"') == 1
         assert metric(backed_up, ops, "cluster_backup_drill_duration_seconds", f'set="{name}"') > 0
     assert metric(backed_up, ops, "cluster_backup_check_success", 'repository="local"') == 1
+    # Every series the backup alerts read now exists and reaches Prometheus.
+    rules = yaml.safe_load(backed_up.exec(ops, "cat /etc/prometheus/rules.d/backup.yml").stdout)
+    used = set().union(*(promkit.metric_names(r["expr"]) for g in rules["groups"] for r in g["rules"]))
+    assert "cluster_backup_drill_success" in used
+
+    def missing() -> set[str]:
+        return used - set(backed_up.monitoring_api("/api/v1/label/__name__/values")["data"])
+
+    try:
+        wait_for("the backup alerts' series in Prometheus", lambda: not missing(), timeout=90)
+    except AssertionError:
+        raise AssertionError(f"series the backup alerts read, not in Prometheus: {sorted(missing())}") from None
 
 
 def test_a_damaged_pack_fails_the_drill_loudly_and_alerts(backed_up: Lab, bucket):
@@ -199,3 +215,27 @@ def test_prometheus_history_lost_with_its_block_comes_back_with_restore(backed_u
         timeout=120,
     )
     assert backed_up.exec(ops, "test -e /var/lib/prometheus/snapshot", check=False).returncode != 0
+
+
+def test_a_set_no_longer_listed_loses_its_timer_files_and_metrics(backed_up: Lab):
+    """Left behind, a removed set's metrics would raise BackupTooOld a day later."""
+    host = backed_up.hosts("edge")[0]
+    assert "edge-logs" in sets_of(backed_up, host)
+    defaults = yaml.safe_load((ROOT / "roles" / "backup" / "defaults" / "main.yml").read_text())
+    without = [s for s in defaults["backup_sets"] if s["name"] != "edge-logs"]
+    files = ("/etc/cluster-backup/sets/edge-logs.json", "/etc/systemd/system/cluster-backup@edge-logs.timer.d",
+             "/var/lib/prometheus/node-exporter/cluster_backup_edge-logs.prom")  # fmt: skip
+    assert backed_up.exec(host, " && ".join(f"test -e {f}" for f in files), check=False).returncode == 0
+
+    run = backed_up.playbook("--tags", "backup", "--limit", host, "-e", json.dumps({"backup_sets": without}))
+    assert run.rc == 0, _summary(run)
+    assert "edge-logs" not in sets_of(backed_up, host)
+    assert backed_up.exec(host, " || ".join(f"test -e {f}" for f in files), check=False).returncode != 0  # none left
+    for state in ("is-active", "is-enabled"):
+        assert backed_up.exec(host, f"systemctl {state} --quiet cluster-backup@edge-logs.timer", check=False).returncode
+
+    # The inventory's sets again: the set comes back, its freshness counting from now.
+    again = backed_up.playbook("--tags", "backup", "--limit", host)
+    assert again.rc == 0, _summary(again)
+    assert "edge-logs" in sets_of(backed_up, host)
+    assert metric(backed_up, host, "cluster_backup_configured_timestamp_seconds", 'set="edge-logs"') > 0
