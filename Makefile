@@ -14,7 +14,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PY_SOURCES  := scripts plugins tests molecule
 SCENARIOS   ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
-.PHONY: help venv lint unit molecule lab-test test lab lab-up lab-converge lab-down images vm-image bench requirements clean
+.PHONY: help venv lint unit molecule lab-test test lab lab-up lab-converge lab-vault lab-down images vm-image bench requirements clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -86,7 +86,10 @@ lab-up: venv ## Start the lab hosts (Docker engine and images included)
 lab-converge: venv ## Run playbooks/site.yml against the running lab
 	python scripts/lab-playbook
 
-lab: lab-up lab-converge ## Bring up the lab and converge the whole site on it
+lab-vault: venv ## After the first converge: unseal and bootstrap the lab's Vault, move its secrets in
+	python scripts/lab vault
+
+lab: lab-up lab-converge lab-vault ## Bring up the lab, converge the whole site, hand the secrets to Vault
 	python scripts/lab summary
 
 lab-down: venv ## Remove everything the lab created
