@@ -62,15 +62,18 @@ lab-test: venv images ## The whole site on the lab: converge, idempotence, behav
 # disk) build beside lint and unit: they wait on the network and the disk more than on a CPU,
 # and on a fresh machine the VM image was the first four minutes of the VM scenario, the
 # molecule step's long pole (2026-12-05); their log is $(IMAGES_LOG), its tail shown if they
-# fail. The VM scenario (one emulated CPU) runs beside the container scenarios; the lab suite
-# runs alone: beside it, the VM slowed both so much on two cores that CI ran out of time
-# (2026-12-04).
+# fail. The VM's host tools (QEMU, debootstrap, ...: scripts/vm tools) are installed before
+# them, when missing, so that no apt run happens beside the unit tests, which read apt's
+# package lists. The VM scenario (one emulated CPU) runs beside the container scenarios; the
+# lab suite runs alone: beside it, the VM slowed both so much on two cores that CI ran out of
+# time (2026-12-04).
 TIMES       := .cache/test-times.txt
 IMAGES_LOG  := .cache/images.log
 VM_SCENARIO := metal
 
 test: venv ## Everything CI runs: lint, unit, molecule, the lab suite
 	mkdir -p $(dir $(TIMES)) && : > $(TIMES)
+	scripts/timed vm-tools python scripts/vm tools
 	scripts/timed images $(MAKE) --no-print-directory images vm-image > $(IMAGES_LOG) 2>&1 & images=$$!; \
 	if scripts/timed lint $(MAKE) --no-print-directory lint \
 	  && scripts/timed unit $(MAKE) --no-print-directory unit; then rc=0; else rc=1; fi; \
