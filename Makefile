@@ -14,7 +14,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 PY_SOURCES  := scripts plugins tests molecule
 SCENARIOS   ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
-.PHONY: help venv lint unit molecule lab-test test lab lab-up lab-converge lab-down images vm-image bench requirements clean
+.PHONY: help venv lint unit molecule lab-test test lab lab-up lab-converge lab-vault lab-down images vm-image bench requirements clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -62,15 +62,18 @@ lab-test: venv images ## The whole site on the lab: converge, idempotence, behav
 # disk) build beside lint and unit: they wait on the network and the disk more than on a CPU,
 # and on a fresh machine the VM image was the first four minutes of the VM scenario, the
 # molecule step's long pole (2026-12-05); their log is $(IMAGES_LOG), its tail shown if they
-# fail. The VM scenario (one emulated CPU) runs beside the container scenarios; the lab suite
-# runs alone: beside it, the VM slowed both so much on two cores that CI ran out of time
-# (2026-12-04).
+# fail. The VM's host tools (QEMU, debootstrap, ...: scripts/vm tools) are installed before
+# them, when missing, so that no apt run happens beside the unit tests, which read apt's
+# package lists. The VM scenario (one emulated CPU) runs beside the container scenarios; the
+# lab suite runs alone: beside it, the VM slowed both so much on two cores that CI ran out of
+# time (2026-12-04).
 TIMES       := .cache/test-times.txt
 IMAGES_LOG  := .cache/images.log
 VM_SCENARIO := metal
 
 test: venv ## Everything CI runs: lint, unit, molecule, the lab suite
 	mkdir -p $(dir $(TIMES)) && : > $(TIMES)
+	scripts/timed vm-tools python scripts/vm tools
 	scripts/timed images $(MAKE) --no-print-directory images vm-image > $(IMAGES_LOG) 2>&1 & images=$$!; \
 	if scripts/timed lint $(MAKE) --no-print-directory lint \
 	  && scripts/timed unit $(MAKE) --no-print-directory unit; then rc=0; else rc=1; fi; \
@@ -86,7 +89,10 @@ lab-up: venv ## Start the lab hosts (Docker engine and images included)
 lab-converge: venv ## Run playbooks/site.yml against the running lab
 	python scripts/lab-playbook
 
-lab: lab-up lab-converge ## Bring up the lab and converge the whole site on it
+lab-vault: venv ## After the first converge: unseal and bootstrap the lab's Vault, move its secrets in
+	python scripts/lab vault
+
+lab: lab-up lab-converge lab-vault ## Bring up the lab, converge the whole site, hand the secrets to Vault
 	python scripts/lab summary
 
 lab-down: venv ## Remove everything the lab created

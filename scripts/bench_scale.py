@@ -46,7 +46,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from labkit import cli, engine, images, layout, topology
+from labkit import cli, engine, images, layout, topology, vault
 from toolkit import charts
 from toolkit.ansible_run import ROOT, SITE, playbook_command, run_command
 
@@ -113,7 +113,7 @@ def fresh_lab(topo: topology.Topology, tag: str) -> None:
         subprocess.run(["ssh-keygen", "-R", host.address, "-f", str(cli.KNOWN_HOSTS)], capture_output=True, check=False)
     for cached in FACTS.glob("*"):
         cached.unlink()
-    cli.start_hosts(topo, tag)
+    vault.prepare(topo, cli.start_hosts(topo, tag), vault.State(INVENTORY))
 
 
 @dataclasses.dataclass

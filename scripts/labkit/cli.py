@@ -13,7 +13,7 @@ import shutil
 import sys
 import time
 
-from . import engine, images, layout, progress, secrets, summary, topology
+from . import engine, images, layout, progress, secrets, summary, topology, vault
 from .shell import LabError, ok, run
 
 ROOT = layout.ROOT
@@ -184,13 +184,16 @@ def cmd_up(args: argparse.Namespace) -> None:
     if topology.write_inventory(topo, HOSTS_FILE):
         progress.info(f"wrote {HOSTS_FILE.relative_to(ROOT)} (lab instance {topo.instance})")
     secrets.ensure_secrets(VAULT_PASS, SECRETS_FILE)
-    start_hosts(topo, tag)
+    started = start_hosts(topo, tag)
+    vault.prepare(topo, started)
     print_hosts(topo)
 
 
-def start_hosts(topo: topology.Topology, tag: str) -> None:
-    """The topology's network and hosts, each with systemd up and SSH as the admin user working."""
+def start_hosts(topo: topology.Topology, tag: str) -> dict[str, str]:
+    """The topology's network and hosts, each with systemd up and SSH as the admin user
+    working; what was done to each host (created, started, kept)."""
     pubkey = ensure_ssh_key()
+    done = {}
     with progress.step(f"network {topo.network.name} ({topo.network.subnet})"):
         ensure_network(topo.network, topo.instance)
     for host in topo.hosts:
@@ -200,6 +203,8 @@ def start_hosts(topo: topology.Topology, tag: str) -> None:
             authorize_key(topo.container(host.name), ADMIN_USER, pubkey)
             wait_ssh(host.address, ADMIN_USER)
             progress.info(f"{host.name}: {what}, systemd up, SSH as {ADMIN_USER} works")
+            done[host.name] = what
+    return done
 
 
 def print_hosts(topo: topology.Topology) -> None:
@@ -217,6 +222,7 @@ def cmd_down(_: argparse.Namespace) -> None:
         progress.info("no Docker engine answers: nothing to remove")
         return
     remove_hosts(topo)
+    vault.forget()
     KNOWN_HOSTS.unlink(missing_ok=True)
     HOSTS_FILE.unlink(missing_ok=True)
     shutil.rmtree(layout.FACT_CACHE, ignore_errors=True)
@@ -242,6 +248,11 @@ def cmd_summary(_: argparse.Namespace) -> None:
     topo = topology.load(TOPOLOGY)
     print_hosts(topo)
     summary.show(topo, INVENTORY, STATE, VAULT_PASS, SECRETS_FILE)
+
+
+def cmd_vault(_: argparse.Namespace) -> None:
+    """After the first converge: the lab's Vault unsealed, bootstrapped and holding its secrets."""
+    vault.hand_over(topology.load(TOPOLOGY))
 
 
 def cmd_status(_: argparse.Namespace) -> None:
@@ -287,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="show the lab hosts and their container state").set_defaults(func=cmd_status)
     summary = sub.add_parser("summary", help="show where the lab's services are, after `make lab`")
     summary.set_defaults(func=cmd_summary)
+    hand = sub.add_parser(
+        "vault", help="after the first converge: unseal and bootstrap the lab's Vault, move the secrets into it"
+    )
+    hand.set_defaults(func=cmd_vault)
     img = sub.add_parser("image", help="build lab images (cached by recipe hash)")
     img.add_argument("recipes", nargs="*", help=f"recipe names under scripts/labkit/images (default: {BASE_RECIPE})")
     img.add_argument("--force", action="store_true", help="rebuild even if the image is current")

@@ -58,6 +58,9 @@ SECRET_SPECS: dict[str, Generator] = {
     },
     # backup: the site key each host's restic repository password is derived from.
     "backup_repository_key": _password(48),
+    # vault: the key of the controller's escrowed AppRole; it stays in this file when the lab
+    # reads every other secret from its Vault (inventories/lab/group_vars/all/secrets.yml).
+    "vault_escrow": _password(32),
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from . import s3, secrets, topology
+from . import s3, secrets, topology, vault
 from .shell import run
 
 # Lab consoles worth a URL, by service catalogue name.
@@ -100,6 +100,33 @@ def show_object_storage(
     print(f"  object_storage_s3_keys (ansible-vault view --vault-password-file {vault_pass} {secrets_file})")
 
 
+def show_vault(topo: topology.Topology, catalogue: dict[str, Any]) -> None:
+    """The secrets store (roles/vault): its health asked just now, and where the lab keeps its parts."""
+    hosts = [h for h in topo.hosts if catalogue.get("vault", {}).get("group") in h.groups]
+    if not hosts:
+        return
+    url = f"https://{hosts[0].address}:{catalogue['vault']['port']}"
+    print(f"\nSecrets store (OpenBao, one node: molecule/vault tests the three-node cluster): {url} ({hosts[0].name})")
+    health = "not converged yet: run `make lab-converge`, then `make lab-vault`"
+    if vault.LAB.ca_copy.exists():
+        try:
+            context = ssl.create_default_context(cafile=str(vault.LAB.ca_copy))
+            with urllib.request.urlopen(f"{url}/v1/sys/health", timeout=10, context=context) as response:
+                state = json.load(response)
+            health = "active, unsealed" if not state["sealed"] and not state["standby"] else str(state)
+        except urllib.error.HTTPError as exc:  # 503 sealed, 501 not initialised, 429 standby
+            health = {503: "SEALED: run `make lab-vault` (it unseals)", 501: "not initialised"}.get(exc.code, str(exc))
+        except OSError as exc:
+            health = f"FAILED: {exc}"
+    print(f"  asked just now: {health}")
+    backend = "hashi_vault (from this Vault)" if vault.LAB.imported.exists() else "ansible_vault (not moved yet)"
+    print(f"  the site reads its secrets through cluster_secrets_backend {backend}")
+    print(f"  escrow (the PGP-encrypted share and root token, the encrypted controller AppRole): {vault.LAB.escrow}")
+    print("  after a restart the node is sealed: `make lab-vault` unseals it with the TEST keyholder's key; a")
+    print("  real site's keyholders run playbooks/vault-unseal.yml and type their shares")
+    print(f"  on {hosts[0].name}: `bao status -address={url} -ca-cert=/etc/ssl/cluster/ca.crt`")
+
+
 def show(topo: topology.Topology, inventory: Path, state: Path, vault_pass: Path, secrets_file: Path) -> None:
     catalogue = _group_vars(inventory, "services.yml")["cluster_services"]
 
@@ -136,6 +163,7 @@ def show(topo: topology.Topology, inventory: Path, state: Path, vault_pass: Path
         print(f"  other lab keys: ansible-vault view --vault-password-file {vault_pass} {secrets_file}")
 
     show_object_storage(topo, catalogue, state, vault_pass, secrets_file)
+    show_vault(topo, catalogue)
 
     observability = _group_vars(inventory, "observability.yml")
     print("\nConsoles (reachable from this machine: the lab's admin network is its gateway):")

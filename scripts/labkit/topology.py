@@ -119,6 +119,9 @@ def inventory(topo: Topology) -> dict[str, Any]:
                     "subnet": topo.network.subnet,
                     "gateway": topo.network.gateway,
                 },
+                # Each host's address, for settings that name another host's (without hostvars,
+                # which preflight's evaluation of the inventory does not have).
+                "lab_addresses": {h.name: h.address for h in topo.hosts},
             },
             "children": children,
         }

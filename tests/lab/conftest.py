@@ -111,11 +111,14 @@ def lab() -> Lab:
 
 @pytest.fixture(scope="session")
 def converged(lab: Lab) -> Lab:
-    """The lab after `site.yml` ran: check mode on the fresh hosts, a converge, a second run."""
+    """The lab after `site.yml` ran: check mode on the fresh hosts, a converge, the secrets
+    handed to the lab's Vault (`scripts/lab vault`, as `make lab` does), a second run, which
+    reads every secret from Vault (cluster_secrets_backend hashi_vault)."""
     if lab.fresh:
         lab.runs["check_fresh"] = lab.playbook("--check")
         lab.runs["converge"] = lab.playbook()
         assert lab.runs["converge"].rc == 0, _summary(lab.runs["converge"])
+        _lab_cli("vault")
         lab.runs["second"] = lab.playbook()
     return lab
 

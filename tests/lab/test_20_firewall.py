@@ -50,6 +50,9 @@ def expected(lab: Lab) -> list[tuple[set[str], set[str], set[str]]]:
         (set(lab.hosts("storage")), set(lab.hosts("storage")), {"ceph_mon", "ceph_mon_v1", "ceph_daemons"}),
         ({CONTROLLER}, set(lab.hosts("ops")), {"prometheus", "alertmanager", "grafana"}),  # consoles
         (set(lab.hosts()), set(lab.hosts("ops")), {"audit_log"}),  # every host's audit trail -> the log server
+        # the secrets store: the app zone, operators and monitoring reach the API; raft between its nodes
+        ({CONTROLLER, *lab.hosts("app"), *lab.hosts("ops")}, set(lab.hosts("vault")), {"vault"}),
+        (set(lab.hosts("vault")), set(lab.hosts("vault")), {"vault", "vault_cluster"}),
     ]
 
 

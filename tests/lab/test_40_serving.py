@@ -15,14 +15,10 @@ from __future__ import annotations
 import json
 import re
 import ssl
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
-from conftest import INVENTORY, ROOT, VAULT_PASS, Lab, _summary, quote, wait_for
+from conftest import ROOT, Lab, _summary, quote, wait_for
 from serving_load import LoadLoop, streams_crossing
 
 pytestmark = pytest.mark.usefixtures("converged")
@@ -133,22 +129,8 @@ def started_at(lab: Lab, host: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def edge(converged: Lab) -> dict:
+def edge(converged: Lab, api_keys: dict[str, str]) -> dict:
     """How a client reaches the model: the edge's HTTPS address and a lab API key."""
-    vault = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-vault"),
-            "view",
-            "--vault-password-file",
-            str(VAULT_PASS),
-            str(INVENTORY / "group_vars" / "all" / "secrets.vault.yml"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    keys = yaml.safe_load(vault.stdout)["cluster_secrets"]["edge_api_keys"]
-    key = keys.get("lab-client") or keys[sorted(keys)[0]]
     context = ssl.create_default_context()
     # The lab's internal CA signed the edge's certificate; this suite tests serving, the
     # edge suite tests TLS.
@@ -157,7 +139,7 @@ def edge(converged: Lab) -> dict:
     host = converged.hosts("edge")[0]
     return {
         "url": f"https://{converged.address(host)}",
-        "headers": {"X-API-KEY": key[-1] if isinstance(key, list) else key},
+        "headers": {"X-API-KEY": api_keys["lab-client"]},
         "context": context,
     }
 

@@ -143,6 +143,7 @@ def expected_targets(lab: Lab) -> set[tuple[str, str]]:
                  ("blackbox", "127.0.0.1:9115")}  # fmt: skip
     if HAS_EDGE:
         expected |= {("edge", f"{lab.address(h)}:{services['edge_metrics']['port']}") for h in lab.hosts("edge")}
+    expected |= {("vault", f"{lab.address(h)}:{services['vault']['port']}") for h in lab.hosts("vault")}
     for host in lab.hosts("storage"):
         if (read_fact(lab, host, "object_storage") or {}).get("manager"):
             expected.add(("ceph", f"{lab.address(host)}:{services['object_storage_metrics']['port']}"))
@@ -196,8 +197,7 @@ def _metric_names(lab: Lab) -> set[str]:
 
 def _not_in_lab(names: set[str], lab: Lab) -> set[str]:
     """The series the lab cannot have: GPU-only ones (no GPU here), the edge's until the edge
-    layer exists, and Vault's while the lab's `vault` group is empty (roles/vault is tested by
-    molecule/vault)."""
+    layer exists, and Vault's where the lab's `vault` group is empty."""
     prefixes = tuple(p for p, absent in (("edge_", not HAS_EDGE), ("vault_", not lab.hosts("vault"))) if absent)
     return (names & GPU_ONLY) | {n for n in names if prefixes and n.startswith(prefixes)}
 

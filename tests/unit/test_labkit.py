@@ -29,6 +29,7 @@ def test_inventory_has_one_zone_per_host_and_container_hosts():
         assert sum(host in children[z]["hosts"] for z in zones) == 1
     assert children["container_hosts"]["children"] == {"gpu_nodes": None, "ops": None}
     assert inv["vars"]["lab_network"]["gateway"] == "172.31.240.1"
+    assert inv["vars"]["lab_addresses"]["ops1"] == "172.31.240.31"
 
 
 def test_container_hosts_are_derived_from_groups():

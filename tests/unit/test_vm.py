@@ -1,10 +1,13 @@
-"""scripts/labkit/vm.py: disk specs, sizes, the QEMU command line, the image hash."""
+"""scripts/labkit/vm.py: disk specs, sizes, the QEMU command line, the image hash, the host tools."""
 
 from __future__ import annotations
 
 import pytest
+from conftest import load_plugin
 from labkit import vm
 from labkit.shell import LabError
+
+cli = load_plugin("scripts/vm", "vm_cli")
 
 
 def test_sizes():
@@ -49,3 +52,27 @@ def test_image_hash_follows_the_recipe_and_the_disk_layout(monkeypatch):
 def test_unknown_recipe_names_the_known_ones():
     with pytest.raises(LabError, match="debian12-metal"):
         vm.VmRecipe.load("nope")
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_vm_tools_installs_the_packages_of_missing_commands_as_root(monkeypatch, capsys, root):
+    missing = {"qemu-img", "qemu-system-x86_64", "ssh-keygen"}
+    installed: list[list[str]] = []
+    monkeypatch.setattr(vm.shutil, "which", lambda cmd: None if cmd in missing else f"/usr/bin/{cmd}")
+    monkeypatch.setattr(vm.os, "geteuid", lambda: 0 if root else 1000)
+    monkeypatch.setattr(vm, "apt_install", installed.append)
+    monkeypatch.setattr("sys.argv", ["scripts/vm", "tools"])
+    assert cli.main() == (0 if root else 1)
+    want = ["openssh-client", "qemu-system-x86", "qemu-utils"]
+    if root:
+        assert installed == [["--no-install-recommends", *want]]
+    else:
+        assert installed == []
+        assert f"apt-get install --no-install-recommends {' '.join(want)}" in capsys.readouterr().err
+
+
+def test_vm_tools_does_nothing_when_every_command_is_there(monkeypatch):
+    monkeypatch.setattr(vm.shutil, "which", lambda cmd: f"/usr/bin/{cmd}")
+    monkeypatch.setattr(vm, "apt_install", lambda packages: pytest.fail(f"apt run for {packages}"))
+    monkeypatch.setattr("sys.argv", ["scripts/vm", "tools"])
+    assert cli.main() == 0
