@@ -15,7 +15,7 @@ import re
 import pytest
 import yaml
 from conftest import ROOT, Lab, _summary, quote, wait_for
-from labkit import s3
+from labkit import pki, s3
 
 from tests.promtool import promkit
 
@@ -42,7 +42,9 @@ def sets_of(lab: Lab, host: str) -> list[str]:
 @pytest.fixture(scope="module")
 def bucket(converged: Lab, tmp_path_factory):
     """The backups bucket, as the backups identity."""
-    return s3.client(converged.topo, "backups", s3.fetch_ca(converged.topo, tmp_path_factory.mktemp("s3") / "ca.crt"))
+    topo = converged.topo
+    ca = pki.fetch_ca(topo, s3.storage_host(topo), tmp_path_factory.mktemp("s3") / "ca.crt")
+    return s3.client(topo, "backups", ca)
 
 
 def metric(lab: Lab, host: str, name: str, labels: str) -> float | None:
