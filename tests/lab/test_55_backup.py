@@ -114,6 +114,14 @@ def test_the_drill_restores_every_set_and_reports_its_time(backed_up: Lab):
         assert metric(backed_up, ops, "cluster_backup_drill_success", f'set="{name}"') == 1
         assert metric(backed_up, ops, "cluster_backup_drill_duration_seconds", f'set="{name}"') > 0
     assert metric(backed_up, ops, "cluster_backup_check_success", 'repository="local"') == 1
+    report = next(
+        task["hosts"][ops]["msg"]
+        for play in run.data["plays"]
+        for task in play["tasks"]
+        if task["task"]["name"] == "Restore drill | Recovery time per set"
+    )
+    # Held to what each snapshot lists (restic ls): the CA set has its files, counted.
+    assert re.search(r"\bca: restored and verified [1-9]\d* files in [\d.]+ s", report), report
     # Every series the backup alerts read now exists and reaches Prometheus.
     rules = yaml.safe_load(backed_up.exec(ops, "cat /etc/prometheus/rules.d/backup.yml").stdout)
     used = set().union(*(promkit.metric_names(r["expr"]) for g in rules["groups"] for r in g["rules"]))
