@@ -5,14 +5,15 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: managed_files
-short_description: Directories, files with their content, and removed paths of one concern, in one run
+short_description: Directories, files with their content, single lines and removed paths of one concern, in one run
 description:
   - Brings a set of directories and files to their state in one module run, where
     M(ansible.builtin.template) costs two module runs per file (C(stat), then C(file) for the
     attributes) and M(ansible.builtin.file) one per directory. Each module run costs the host
     a Python start and the compilation of Ansible's module_utils, so one run for the files of a
     concern is most of what a no-op re-run saves.
-  - Processes O(directories) first, then O(files), then O(absent), each in the order given.
+  - Processes O(directories) first, then O(files), then O(lines), then O(absent), each in the
+    order given.
   - Content comes from the task, usually the C(ansible.builtin.template) lookup (see the
     examples), which finds the role's C(templates/) and fills C(ansible_managed) as the
     template module does.
@@ -62,6 +63,25 @@ options:
             naming the file and showing the command's output, and the old file stays.
           - Not run in check mode (the program may not be installed yet on a fresh host).
         type: str
+  lines:
+    description:
+      - Single lines of files the task does not own (a distribution's C(/etc/login.defs)), as
+        M(ansible.builtin.lineinfile) with O(lines[].regexp) and C(state=present) sets them;
+        the last line matching the regular expression becomes O(lines[].line); where none
+        matches and the line is not in the file, it is added at the end. The edits of one file
+        are made in the order given and written once, keeping its owner, group and mode.
+      - The file must exist (in check mode a missing one counts as changed); a path here may
+        repeat, but not be listed under O(directories), O(files) or O(absent).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path: {description: Absolute path of an existing regular file., type: path, required: true}
+      regexp:
+        description: Python regular expression searched in each line (with its newline).
+        type: str
+        required: true
+      line: {description: The whole line (no newline)., type: str, required: true}
   absent:
     description:
       - Paths that must not exist. Files and symlinks are removed, and empty directories; a
@@ -123,6 +143,12 @@ EXAMPLES = r"""
     absent:
       - /etc/aide/aide.conf.d/old.conf
 
+- name: Two settings of the distribution's login.defs, the rest of it as it is
+  managed_files:
+    lines:
+      - {path: /etc/login.defs, regexp: '^#?\s*UMASK\s', line: "UMASK\t027"}
+      - {path: /etc/login.defs, regexp: '^#?\s*PASS_MAX_DAYS\s', line: "PASS_MAX_DAYS\t365"}
+
 - name: Units of the clean-up, systemd reloaded when one changed
   managed_files:
     owner: root
@@ -146,7 +172,7 @@ RETURN = r"""
 changed_paths:
   description:
     - The paths that changed (or would, in check mode); directories first, then files, then
-      removed paths, each in the order given.
+      files edited by lines, then removed paths, each in the order given.
   returned: always
   type: list
   elements: str
@@ -156,6 +182,7 @@ changed_paths:
 import grp
 import os
 import pwd
+import re
 import shlex
 import stat
 import tempfile
@@ -211,7 +238,7 @@ def resolve(name: str | None, kind: str, where: str, check: bool) -> int | str |
         raise Refused(f"{where}: no {kind} {name!r} on this host") from None
 
 
-def plan(params: dict[str, Any], check: bool = False) -> tuple[list[dict], list[dict], list[str]]:
+def plan(params: dict[str, Any], check: bool = False) -> tuple[list[dict], list[dict], dict, list[str]]:
     """Check every argument before anything is changed; fill in the defaults."""
     seen: set[str] = set()
 
@@ -245,8 +272,45 @@ def plan(params: dict[str, Any], check: bool = False) -> tuple[list[dict], list[
         if entry["validate"] and "%s" not in entry["validate"]:
             raise Refused(f"{entry['path']}: validate must contain %s (the new file): {entry['validate']!r}")
         files.append(entry)
+    # lines: path -> [(compiled regexp, line)], in the order given
+    edits: dict[str, list[tuple[re.Pattern, str]]] = {}
+    for item in params["lines"]:
+        path = os.path.normpath(item["path"])
+        if path not in edits:
+            edits[path] = []
+            claim(path, "lines path")
+        try:
+            pattern = re.compile(item["regexp"])
+        except re.error as exc:
+            raise Refused(f"{path}: regexp {item['regexp']!r} is not a regular expression: {exc}") from None
+        if "\n" in item["line"]:
+            raise Refused(f"{path}: line {item['line']!r} holds a newline; give one line")
+        edits[path].append((pattern, item["line"]))
     absent = [claim(path, "absent path") for path in params["absent"]]
-    return directories, files, absent
+    return directories, files, edits, absent
+
+
+def edit_lines(text: str, edits: list[tuple[re.Pattern, str]]) -> str:
+    """lineinfile's state=present with regexp: the last matching line is replaced; with no
+    match, a line equal to the new one is kept; otherwise the line is added at the end."""
+    parts = text.split("\n")
+    lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    for pattern, line in edits:
+        index = -1
+        for number, current in enumerate(lines):
+            if pattern.search(current):
+                index = number
+        if index == -1:
+            for number, current in enumerate(lines):
+                if current.rstrip("\r\n") == line:
+                    index = number
+        if index != -1:
+            lines[index] = line + "\n"
+        else:
+            if lines and not lines[-1].endswith(("\n", "\r")):
+                lines[-1] += "\n"
+            lines.append(line + "\n")
+    return "".join(lines)
 
 
 def text_for_diff(data: bytes, side: str) -> tuple[str | None, dict]:
@@ -259,6 +323,17 @@ def text_for_diff(data: bytes, side: str) -> tuple[str | None, dict]:
         return data.decode("utf-8"), {}
     except UnicodeDecodeError:
         return None, {f"{side}_binary": 1}
+
+
+def read_regular(path: str) -> bytes:
+    """The bytes of an existing path that must be a regular file (a symlink is refused)."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise Refused(f"{path}: exists and is not a regular file (a symlink counts as not); remove it by hand")
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise Refused(f"{path}: cannot read it: {exc.strerror}") from None
 
 
 class Run:
@@ -334,16 +409,8 @@ class Run:
         path = entry["path"]
         parent = os.path.dirname(path)
         exists = os.path.lexists(path)
-        before = b""
-        if exists:
-            if not stat.S_ISREG(os.lstat(path).st_mode):
-                raise Refused(f"{path}: exists and is not a regular file (a symlink counts as not); remove it by hand")
-            try:
-                with open(path, "rb") as handle:
-                    before = handle.read()
-            except OSError as exc:
-                raise Refused(f"{path}: cannot read it: {exc.strerror}") from None
-        elif not os.path.isdir(parent) and not self.check:
+        before = read_regular(path) if exists else b""
+        if not os.path.isdir(parent) and not self.check:
             raise Refused(f"{path}: the directory {parent} does not exist (list it under directories)")
 
         content_changed = not exists or before != entry["content"]
@@ -425,6 +492,25 @@ class Run:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
 
+    def lines(self, path: str, edits: list[tuple[re.Pattern, str]]) -> None:
+        if not os.path.lexists(path):
+            if self.check:
+                self.mark(path)
+                return
+            raise Refused(f"{path}: does not exist; lines edits existing files only")
+        before = read_regular(path)
+        after = edit_lines(before.decode("utf-8", errors="surrogateescape"), edits).encode(
+            "utf-8", errors="surrogateescape"
+        )
+        if after == before:
+            return
+        self.mark(path)
+        if self.want_diff:
+            self.diffs.append(self.content_diff(path, before, after))
+        if not self.check:
+            # owner, group and mode None: write() keeps those of the file
+            self.write({"path": path, "content": after, "uid": None, "gid": None, "mode": None, "validate": None})
+
     def absent(self, path: str) -> None:
         if not os.path.lexists(path):
             return
@@ -459,6 +545,16 @@ def main() -> None:
                 "default": [],
                 "options": {**ITEM_COMMON, "content": {"type": "str", "required": True}, "validate": {"type": "str"}},
             },
+            "lines": {
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                "options": {
+                    "path": {"type": "path", "required": True},
+                    "regexp": {"type": "str", "required": True},
+                    "line": {"type": "str", "required": True},
+                },
+            },
             "absent": {"type": "list", "elements": "path", "default": []},
             "owner": {"type": "str"},
             "group": {"type": "str"},
@@ -469,11 +565,13 @@ def main() -> None:
     )
     run = Run(module)
     try:
-        directories, files, absent = plan(module.params, module.check_mode)
+        directories, files, edits, absent = plan(module.params, module.check_mode)
         for entry in directories:
             run.directory(entry)
         for entry in files:
             run.file(entry)
+        for path, path_edits in edits.items():
+            run.lines(path, path_edits)
         for path in absent:
             run.absent(path)
     except Refused as exc:

@@ -245,3 +245,50 @@ def test_a_symlink_in_place_of_a_file_is_refused(tmp_path, capsys):
     result = run(capsys, files=[{"path": str(tmp_path / "f"), "content": "new\n"}])
     assert result["failed"] is True and "not a regular file" in result["msg"]
     assert (tmp_path / "target").read_text() == "keep\n"
+
+
+LOGIN_DEFS = "# umask\nUMASK\t\t022\n#PASS_MAX_DAYS\t99999\nPASS_MAX_DAYS\t99999\nENCRYPT_METHOD SHA512"
+
+
+def login_defs_edits(path) -> list[dict]:
+    return [
+        {"path": str(path), "regexp": rf"^#?\s*{key}\s", "line": f"{key}\t{value}"}
+        for key, value in (("UMASK", "027"), ("PASS_MAX_DAYS", "365"), ("ENCRYPT_METHOD", "YESCRYPT"), ("NEW_KEY", "1"))
+    ]
+
+
+def test_lines_edit_a_file_as_lineinfile_does_and_keep_its_attributes(tmp_path, capsys):
+    path = tmp_path / "login.defs"
+    path.write_text(LOGIN_DEFS)
+    os.chmod(path, 0o640)
+    result = run(capsys, diff=True, mode="0600", lines=login_defs_edits(path))
+    assert result["changed_paths"] == [str(path)]
+    # the last matching line replaced, the others kept; a key with no line added at the end,
+    # after the newline the last line lacked
+    assert (
+        path.read_text()
+        == "# umask\nUMASK\t027\n#PASS_MAX_DAYS\t99999\nPASS_MAX_DAYS\t365\nENCRYPT_METHOD\tYESCRYPT\nNEW_KEY\t1\n"
+    )
+    assert mode_of(path) == 0o640  # not the files' default mode: the file is not ours
+    assert result["diff"][0]["before"] == LOGIN_DEFS
+    assert run(capsys, lines=login_defs_edits(path))["changed"] is False
+
+
+def test_lines_keep_an_equal_line_that_the_regexp_misses(tmp_path, capsys):
+    path = tmp_path / "conf"
+    path.write_text('a\nMAILTO=""\nb\n')
+    result = run(capsys, lines=[{"path": str(path), "regexp": "^NOMATCH", "line": 'MAILTO=""'}])
+    assert result["changed"] is False
+    assert path.read_text() == 'a\nMAILTO=""\nb\n'
+
+
+def test_lines_in_check_mode_and_on_a_missing_file(tmp_path, capsys):
+    path = tmp_path / "login.defs"
+    path.write_text(LOGIN_DEFS)
+    assert run(capsys, check=True, lines=login_defs_edits(path))["changed_paths"] == [str(path)]
+    assert path.read_text() == LOGIN_DEFS
+    missing = [{"path": str(tmp_path / "nope"), "regexp": "^A=", "line": "A=1"}]
+    assert run(capsys, check=True, lines=missing)["changed"] is True
+    result = run(capsys, lines=missing)
+    assert result["failed"] is True and "does not exist" in result["msg"]
+    assert not (tmp_path / "nope").exists()
