@@ -58,9 +58,11 @@ options:
       validate:
         description:
           - Command that checks the new content before it replaces the old file, as in
-            M(ansible.builtin.template); C(%s) is the temporary file (in the destination
-            directory, with the final owner, group and mode). When it fails, the task fails
-            naming the file and showing the command's output, and the old file stays.
+            M(ansible.builtin.template); C(%s) is a copy of the new content under the file's
+            own name in a private temporary directory, with the final owner, group and mode
+            (programs that read the name, such as C(systemd-analyze verify) for a unit, see
+            the real one). When it fails, the task fails naming the file and showing the
+            command's output, and the old file stays.
           - Not run in check mode (the program may not be installed yet on a fresh host).
         type: str
   lines:
@@ -184,6 +186,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 import stat
 import tempfile
 from typing import Any
@@ -463,8 +466,7 @@ class Run:
                 mode = 0o666 & ~umask
             os.chmod(tmp, mode)
             if entry["validate"]:
-                command = entry["validate"].replace("%s", shlex.quote(tmp))
-                rc, out, err = self.module.run_command(command)
+                rc, out, err = self.validate(entry["validate"], tmp, name, uid, gid, mode)
                 if rc != 0:
                     self.module.fail_json(
                         msg=f"{path}: the new content failed validation ({entry['validate']}, rc {rc}); "
@@ -491,6 +493,19 @@ class Run:
         finally:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
+
+    def validate(self, command: str, tmp: str, name: str, uid: int, gid: int, mode: int) -> tuple[int, str, str]:
+        """Run the check on a copy named as the file itself (a unit's checker reads the unit's
+        name from it), in a directory of its own that is removed afterwards."""
+        check_dir = tempfile.mkdtemp(prefix="managed-files-")
+        try:
+            copy = os.path.join(check_dir, name)
+            shutil.copyfile(tmp, copy)
+            os.chown(copy, uid, gid)
+            os.chmod(copy, mode)
+            return self.module.run_command(command.replace("%s", shlex.quote(copy)))
+        finally:
+            shutil.rmtree(check_dir, ignore_errors=True)
 
     def lines(self, path: str, edits: list[tuple[re.Pattern, str]]) -> None:
         if not os.path.lexists(path):

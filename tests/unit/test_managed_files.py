@@ -8,6 +8,7 @@ import json
 import os
 import pwd
 import stat
+from pathlib import Path
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
@@ -179,13 +180,17 @@ def test_failed_validation_keeps_the_old_file(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == ["a.conf", "secret"]
 
 
-def test_validation_sees_the_new_content_beside_the_destination(tmp_path, capsys):
+def test_validation_sees_the_new_content_under_the_file_s_own_name(tmp_path, capsys):
+    """systemd-analyze verify reads the unit's name from the file name: the checked copy has
+    the destination's name (in a private directory, removed afterwards)."""
     seen = tmp_path / "seen"
     args = layout(tmp_path)
-    args["files"][0]["validate"] = f"sh -c 'cat $1 > {seen}; dirname $1 >> {seen}' sh %s"
+    args["files"][0]["validate"] = f"sh -c 'cat $1 > {seen}; basename $1 >> {seen}; dirname $1 >> {seen}' sh %s"
     result = run(capsys, **args)
     assert result["changed"] is True and not result.get("failed")
-    assert seen.read_text() == f"a = 1\n{tmp_path / 'etc'}\n"
+    content, name, directory = seen.read_text().splitlines()
+    assert (content, name) == ("a = 1", "a.conf")
+    assert not Path(directory).exists()
 
 
 def test_absent_removes_files_links_and_empty_directories_only(tmp_path, capsys):
