@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from labkit import s3, topology
+from labkit import pki, s3, topology
 from labkit.layout import INVENTORY
 from toolkit import charts
 
@@ -75,7 +75,7 @@ def main() -> None:
 
     topo = topology.load(INVENTORY / "topology.yml")
     with tempfile.TemporaryDirectory() as tmp:
-        ca = s3.fetch_ca(topo, Path(tmp) / "ca.crt")
+        ca = pki.fetch_ca(topo, s3.storage_host(topo), Path(tmp) / "ca.crt")
         client = s3.client(topo, "models", ca, max_pool_connections=max(threads) * 2)
         idle = memory(topo)
         body = os.urandom(MIB)

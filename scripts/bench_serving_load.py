@@ -613,7 +613,8 @@ def lab_target() -> Target:
     import yaml  # noqa: PLC0415 (in CI's venv; the lab mode only)
     from labkit import secrets, topology  # noqa: PLC0415
     from labkit.layout import INVENTORY, VAULT_PASS  # noqa: PLC0415
-    from labkit.summary import fetch_ca  # noqa: PLC0415
+    from labkit.pki import fetch_ca  # noqa: PLC0415
+    from labkit.shell import LabError  # noqa: PLC0415
 
     topo = topology.load(INVENTORY / "topology.yml")
     catalogue = yaml.safe_load((INVENTORY / "group_vars" / "all" / "services.yml").read_text())["cluster_services"]
@@ -628,9 +629,10 @@ def lab_target() -> Target:
     if not keys:
         raise SystemExit(f"no lab API key with role user may call {instance['model']}")
     WORK.mkdir(parents=True, exist_ok=True)
-    ca = fetch_ca(topo, edge.name, "/etc/ssl/cluster", WORK / "ca.crt")
-    if ca is None:
-        raise SystemExit("no CA certificate on the edge: converge the lab first (make lab)")
+    try:
+        ca = fetch_ca(topo, edge.name, WORK / "ca.crt")
+    except LabError as exc:
+        raise SystemExit(str(exc)) from exc
     gpu_hosts = [h for h in topo.hosts if "gpu_nodes" in h.groups]
     return Target(
         endpoint=f"https://{edge.address}",

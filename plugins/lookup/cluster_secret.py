@@ -17,7 +17,10 @@ description:
     C(cluster_secrets_hashi_vault_options) dict, e.g. C(url), C(ca_cert) (the cluster CA; TLS
     is always verified), C(auth_method=approle) with C(role_id) and C(secret_id)).
   - With AppRole the plugin logs in once per run and connection settings, and reads every
-    secret with that token (one login, one audit entry, not one per secret).
+    secret with that token (one login, one audit entry, not one per task and host). Lookups
+    run in Ansible's forked workers, so the token is kept in a file (mode 0600) in the run's
+    own temporary directory on the controller (C(local_tmp), removed when the run ends), and
+    renewed by a new login when it is about to expire.
   - A secret that is not in Vault (the server answers "Invalid or missing path") gives
     C(default) when one is given.
 options:
@@ -41,16 +44,23 @@ _raw:
   type: list
 """
 
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
 from typing import Any
 
+from ansible import constants as C
 from ansible.errors import AnsibleError
 from ansible.plugins.loader import lookup_loader
 from ansible.plugins.lookup import LookupBase
 
 BACKENDS = ("ansible_vault", "hashi_vault")
 _MISSING = object()
-# AppRole tokens of this run, by connection settings (short-lived: the AppRole token_ttl).
-_TOKENS: dict[tuple[tuple[str, str], ...], str] = {}
+# A token that expires sooner than this is not used: a new login replaces it.
+TOKEN_MARGIN_S = 30
 
 
 class LookupModule(LookupBase):
@@ -85,8 +95,8 @@ class LookupModule(LookupBase):
     def _from_hashi_vault(self, name: str, variables: dict[str, Any], default: Any) -> Any:
         mount = self._var(variables, "cluster_secrets_hashi_vault_mount", "secret")
         prefix = self._var(variables, "cluster_secrets_hashi_vault_prefix", "llm-cluster")
-        options = dict(self._var(variables, "cluster_secrets_hashi_vault_options", {}) or {})
-        if options.get("validate_certs") is False:
+        connection = dict(self._var(variables, "cluster_secrets_hashi_vault_options", {}) or {})
+        if connection.get("validate_certs") is False:
             raise AnsibleError(
                 "cluster_secrets_hashi_vault_options.validate_certs is false: the secrets store's certificate "
                 "must be verified; set ca_cert to the cluster CA (/etc/ssl/cluster/ca.crt on the hosts) instead"
@@ -94,17 +104,16 @@ class LookupModule(LookupBase):
         path = f"{prefix}/{name}" if prefix else name
         reader = self._collection_lookup("vault_kv2_get")
         try:
+            options, cached = self._logged_in(connection, variables)
             try:
-                result = reader.run(
-                    [path], variables=variables, engine_mount_point=mount, **self._logged_in(options, variables)
-                )[0]
+                result = reader.run([path], variables=variables, engine_mount_point=mount, **options)[0]
             except AnsibleError as exc:
-                # A run that outlives the AppRole's token TTL logs in again, once.
-                if "permission denied" not in str(exc).lower() or not self._forget_token(options):
+                # A token revoked or expired early (a Vault restored from a snapshot): log in again, once.
+                if not cached or "permission denied" not in str(exc).lower():
                     raise
-                result = reader.run(
-                    [path], variables=variables, engine_mount_point=mount, **self._logged_in(options, variables)
-                )[0]
+                self._forget_token(connection)
+                options, _ = self._logged_in(connection, variables)
+                result = reader.run([path], variables=variables, engine_mount_point=mount, **options)[0]
         except AnsibleError as exc:
             message = str(exc).lower()
             if default is not _MISSING and ("not found" in message or "invalid or missing path" in message):
@@ -122,19 +131,42 @@ class LookupModule(LookupBase):
         return plugin
 
     @staticmethod
-    def _token_key(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-        return tuple(sorted((k, str(v)) for k, v in options.items()))
+    def _token_file(options: dict[str, Any]) -> str:
+        """Where this run keeps the token of these connection settings: the run's own
+        temporary directory (0700, shared by the forked workers, removed at the end of the
+        run), named by a hash of the settings so no credential shows in a file name."""
+        key = json.dumps(sorted((k, str(v)) for k, v in options.items()))
+        return os.path.join(
+            C.DEFAULT_LOCAL_TMP, f"cluster-secret-token-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        )
 
-    def _forget_token(self, options: dict[str, Any]) -> bool:
-        return _TOKENS.pop(self._token_key(options), None) is not None
+    def _forget_token(self, options: dict[str, Any]) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._token_file(options))
 
-    def _logged_in(self, options: dict[str, Any], variables: dict[str, Any]) -> dict[str, Any]:
-        """AppRole: log in once per run and connection settings, then read with the token."""
+    def _logged_in(self, options: dict[str, Any], variables: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """AppRole: log in once per run and connection settings, then read with the token.
+        Returns the options to read with, and whether the token came from this run's cache."""
         if options.get("auth_method") != "approle":
-            return options
-        key = self._token_key(options)
-        if key not in _TOKENS:
-            login = self._collection_lookup("vault_login")
-            _TOKENS[key] = login.run([], variables=variables, **options)[0]["auth"]["client_token"]
+            return options, False
         kept = {k: v for k, v in options.items() if k not in ("auth_method", "role_id", "secret_id", "mount_point")}
-        return {**kept, "auth_method": "token", "token": _TOKENS[key]}
+        path = self._token_file(options)
+        # One worker logs in while the others wait, then read what it wrote.
+        with open(f"{path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with open(path) as f:
+                    saved = json.load(f)
+                if saved["expires"] > time.time() + TOKEN_MARGIN_S:
+                    return {**kept, "auth_method": "token", "token": saved["token"]}, True
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            login = self._collection_lookup("vault_login")
+            auth = login.run([], variables=variables, **options)[0]["auth"]
+            # lease_duration 0 means no expiry (a periodic or root token): keep it for the run.
+            ttl = int(auth.get("lease_duration") or 0) or 10**9
+            fd = os.open(f"{path}.new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"token": auth["client_token"], "expires": time.time() + ttl}, f)
+            os.replace(f"{path}.new", path)
+            return {**kept, "auth_method": "token", "token": auth["client_token"]}, False

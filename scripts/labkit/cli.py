@@ -247,7 +247,7 @@ def cmd_summary(_: argparse.Namespace) -> None:
     """Where things are on the converged lab, and a request that works."""
     topo = topology.load(TOPOLOGY)
     print_hosts(topo)
-    summary.show(topo, INVENTORY, STATE, VAULT_PASS, SECRETS_FILE)
+    summary.show(topo, INVENTORY, VAULT_PASS, SECRETS_FILE)
 
 
 def cmd_vault(_: argparse.Namespace) -> None:

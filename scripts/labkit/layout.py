@@ -21,6 +21,9 @@ STATE = ROOT / ".lab"
 SSH_KEY = STATE / "ssh" / "id_ed25519"  # inventories/lab/group_vars/all/lab.yml names it too
 KNOWN_HOSTS = STATE / "ssh" / "known_hosts"
 VAULT_PASS = STATE / "vault-pass"
+# The cluster CA, copied from a lab host by `scripts/lab summary` (labkit.pki); the Vault
+# lookup reads its own copy, one per lab inventory (vault.State.ca_copy).
+CA_COPY = STATE / "ca.crt"
 
 # Rebuildable caches (gitignored; `make clean` removes them).
 CACHE = ROOT / ".cache"

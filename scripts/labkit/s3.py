@@ -1,10 +1,9 @@
 """S3 clients for the lab's object storage (roles/object_storage): the lab tests and
 scripts/bench_s3.py use them, with the identities' keys from the lab's secrets and the
-cluster CA read from the storage host."""
+cluster CA copied from the storage host (labkit.pki)."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,10 @@ from . import secrets, topology
 from .layout import INVENTORY, VAULT_PASS
 
 SECRETS_FILE = INVENTORY / "group_vars" / "all" / "secrets.vault.yml"
-CA_ON_HOST = "/etc/ceph/tls/ca.crt"
 
 
 def storage_host(topo: topology.Topology) -> str:
     return next(h.name for h in topo.hosts if "storage" in h.groups)
-
-
-def fetch_ca(topo: topology.Topology, dest: Path) -> Path:
-    """The cluster CA the gateway's certificate chains to, copied from the storage host."""
-    container = topo.container(storage_host(topo))
-    pem = subprocess.run(["docker", "exec", container, "cat", CA_ON_HOST], capture_output=True, text=True, check=True)
-    dest.write_text(pem.stdout)
-    return dest
 
 
 def keys() -> dict[str, dict[str, str]]:

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from . import s3, secrets, topology, vault
-from .shell import run
+from . import layout, pki, s3, secrets, topology, vault
+from .shell import LabError
 
 # Lab consoles worth a URL, by service catalogue name.
 CONSOLES = {
@@ -43,13 +43,12 @@ def _group_vars(inventory: Path, name: str) -> dict[str, Any]:
     return yaml.safe_load((inventory / "group_vars" / "all" / name).read_text()) or {}
 
 
-def fetch_ca(topo: topology.Topology, host: str, pki_dir: str, dest: Path) -> Path | None:
-    """The internal CA certificate, copied from a lab host (every host has it after pki)."""
-    proc = run(["docker", "exec", topo.container(host), "cat", f"{pki_dir}/ca.crt"], check=False)
-    if proc.returncode != 0 or "BEGIN CERTIFICATE" not in proc.stdout:
+def _ca(topo: topology.Topology, host: str) -> Path | None:
+    """The cluster CA copied from `host` to .lab/ca.crt, or None before a converge put it there."""
+    try:
+        return pki.fetch_ca(topo, host, layout.CA_COPY)
+    except LabError:
         return None
-    dest.write_text(proc.stdout)
-    return dest
 
 
 def try_request(url: str, key: str, body: dict[str, Any], cafile: Path) -> str:
@@ -74,7 +73,7 @@ def try_request(url: str, key: str, body: dict[str, Any], cafile: Path) -> str:
 
 
 def show_object_storage(
-    topo: topology.Topology, catalogue: dict[str, Any], state: Path, vault_pass: Path, secrets_file: Path
+    topo: topology.Topology, catalogue: dict[str, Any], vault_pass: Path, secrets_file: Path
 ) -> None:
     """The S3 endpoint (roles/object_storage), tried with the `models` identity, and a curl line."""
     hosts = [h for h in topo.hosts if catalogue.get("object_storage", {}).get("group") in h.groups]
@@ -82,7 +81,7 @@ def show_object_storage(
         return
     url = f"https://{hosts[0].address}:{catalogue['object_storage']['port']}"
     print(f"\nObject storage (S3, Ceph RADOS gateway): {url} ({hosts[0].name}; buckets backups, models, k8s-backups)")
-    ca = fetch_ca(topo, hosts[0].name, "/etc/ssl/cluster", state / "ca.crt")
+    ca = _ca(topo, hosts[0].name)
     keys = secrets.read_secrets(vault_pass, secrets_file).get("object_storage_s3_keys", {})
     if ca is None or "models" not in keys:
         print("  not converged yet: run `make lab-converge` first")
@@ -127,7 +126,7 @@ def show_vault(topo: topology.Topology, catalogue: dict[str, Any]) -> None:
     print(f"  on {hosts[0].name}: `bao status -address={url} -ca-cert=/etc/ssl/cluster/ca.crt`")
 
 
-def show(topo: topology.Topology, inventory: Path, state: Path, vault_pass: Path, secrets_file: Path) -> None:
+def show(topo: topology.Topology, inventory: Path, vault_pass: Path, secrets_file: Path) -> None:
     catalogue = _group_vars(inventory, "services.yml")["cluster_services"]
 
     def hosts_of(service: str) -> list[topology.LabHost]:
@@ -147,7 +146,7 @@ def show(topo: topology.Topology, inventory: Path, state: Path, vault_pass: Path
     api_keys = secrets.read_secrets(vault_pass, secrets_file).get("edge_api_keys", {})
     client, key = next(iter(sorted(api_keys.items())), ("", ""))
     key = key[-1] if isinstance(key, list) else key
-    ca = fetch_ca(topo, edge.name, "/etc/ssl/cluster", state / "ca.crt")
+    ca = _ca(topo, edge.name)
     body = {"model": model, "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 32}
     print(f"\nThe endpoint: {url} (edge1, TLS 1.3 from the internal CA, API key of client {client!r})")
     if ca is None:
@@ -162,7 +161,7 @@ def show(topo: topology.Topology, inventory: Path, state: Path, vault_pass: Path
         print(f"    {common} -N {json_type} -d {shlex.quote(json.dumps(body | {'stream': True}))}")
         print(f"  other lab keys: ansible-vault view --vault-password-file {vault_pass} {secrets_file}")
 
-    show_object_storage(topo, catalogue, state, vault_pass, secrets_file)
+    show_object_storage(topo, catalogue, vault_pass, secrets_file)
     show_vault(topo, catalogue)
 
     observability = _group_vars(inventory, "observability.yml")

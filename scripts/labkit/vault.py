@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 from toolkit.ansible_run import playbook_command
 
-from . import layout, progress, topology
+from . import layout, pki, progress, topology
 from .shell import LabError, run
 
 GROUP = "vault"
@@ -62,7 +62,7 @@ class State:
         return self.dir / "escrow"
 
     @property
-    def ca_copy(self) -> Path:
+    def ca_copy(self) -> Path:  # inventories/lab/group_vars/all/secrets.yml: the Vault lookup's ca_cert
         return self.dir / "cluster-ca.crt"
 
     @property
@@ -74,7 +74,6 @@ LAB = State()
 
 WHEEL_CACHE = layout.CACHE / "openbao"
 MIRROR_DIR = "/srv/mirror"  # inventories/lab/group_vars/vault: vault_download_url
-HOST_CA = "/etc/ssl/cluster/ca.crt"  # roles/vault: vault_tls_ca_certificate
 ROLE_DEFAULTS = layout.ROOT / "roles" / "vault" / "defaults" / "main.yml"
 PLAYBOOKS = layout.ROOT / "playbooks"
 
@@ -193,7 +192,7 @@ def hand_over(topo: topology.Topology, state: State = LAB) -> None:
         _playbook(state, "vault-bootstrap.yml", "-e", f"@{path}")
     finally:
         os.unlink(path)
-    state.ca_copy.write_text(run(["docker", "exec", topo.container(hosts[0]), "cat", HOST_CA]).stdout)
+    pki.fetch_ca(topo, hosts[0], state.ca_copy)
     _playbook(state, "vault-import-secrets.yml")
     state.imported.write_text("The lab's secrets are in its Vault: cluster_secrets_backend is hashi_vault.\n")
     progress.info(f"Vault on {', '.join(hosts)}: unsealed, bootstrapped, holding the lab's secrets; "

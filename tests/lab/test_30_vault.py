@@ -17,6 +17,7 @@ from labkit.secrets import read_secrets
 AUDIT_LOG = "/var/log/openbao/audit.log"
 KV_PREFIX = "secret/data/llm-cluster/"
 IMPORT = ROOT / "playbooks" / "vault-import-secrets.yml"
+SECRET_READS = ROOT / "tests" / "lab" / "vault_secret_reads.yml"
 
 
 def vault_host(lab: Lab) -> str:
@@ -63,6 +64,25 @@ def test_the_second_converge_read_the_site_secrets_from_vault(converged: Lab, ap
         and "data" in e.get("response", {})
     ]
     assert answered and all(str(v).startswith("hmac-sha256:") for value in answered for v in value.values())
+
+
+def test_a_run_logs_in_once_whatever_its_tasks_and_hosts(converged: Lab):
+    """Each task's lookups run in a worker of their own; the run still logs in to Vault once
+    (the token is kept in the run's temporary directory), not once per task and host: a
+    login is a raft write and a token that lives for the AppRole's TTL."""
+
+    def logins() -> int:
+        return sum(
+            1
+            for e in audit_entries(converged)
+            if e.get("type") == "request" and e["request"].get("path") == "auth/approle/login"
+        )
+
+    before = logins()
+    run = converged.playbook(playbook=SECRET_READS)
+    assert run.rc == 0, _summary(run)
+    assert sum(s["ok"] for s in run.stats.values()) == 3 * len(run.stats)
+    assert logins() - before == 1
 
 
 def test_the_secrets_import_never_overwrites_a_secret_vault_holds(converged: Lab):

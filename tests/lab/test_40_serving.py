@@ -400,7 +400,7 @@ def test_maintenance_drains_a_node_works_on_it_and_brings_it_back(converged: Lab
     assert loop.failures() == [], loop.summary()
     tasks = run.task_names()
     assert tasks.index("Maintenance | Drain the node at the edge and stop its instances") < tasks.index(
-        "os_tuning : OS tuning | Kernel settings (sysctl)"
+        "os_tuning : OS tuning | Kernel settings, login and service limits, boot-time tuning script and unit"
     )
     assert fact(converged, host) == fact_before
     assert release_of(converged, host) == release_before

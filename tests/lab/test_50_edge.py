@@ -14,6 +14,7 @@ import time
 
 import pytest
 from conftest import Lab, _summary
+from labkit import pki
 
 from tests.helpers.edge_client import EdgeClient
 
@@ -42,8 +43,7 @@ UPSTREAMS_CALL = """\
 @pytest.fixture(scope="module")
 def edge(converged: Lab, tmp_path_factory) -> EdgeClient:
     host = converged.hosts("edge")[0]
-    ca = tmp_path_factory.mktemp("edge") / "ca.crt"
-    ca.write_text(converged.exec(host, "cat /etc/ssl/cluster/ca.crt").stdout)
+    ca = pki.fetch_ca(converged.topo, host, tmp_path_factory.mktemp("edge") / "ca.crt")
     return EdgeClient(converged.address(host), host, ca)
 
 

@@ -15,7 +15,7 @@ import re
 import pytest
 import yaml
 from conftest import ROOT, Lab, _summary, quote, wait_for
-from labkit import s3
+from labkit import pki, s3
 
 from tests.promtool import promkit
 
@@ -42,7 +42,9 @@ def sets_of(lab: Lab, host: str) -> list[str]:
 @pytest.fixture(scope="module")
 def bucket(converged: Lab, tmp_path_factory):
     """The backups bucket, as the backups identity."""
-    return s3.client(converged.topo, "backups", s3.fetch_ca(converged.topo, tmp_path_factory.mktemp("s3") / "ca.crt"))
+    topo = converged.topo
+    ca = pki.fetch_ca(topo, s3.storage_host(topo), tmp_path_factory.mktemp("s3") / "ca.crt")
+    return s3.client(topo, "backups", ca)
 
 
 def metric(lab: Lab, host: str, name: str, labels: str) -> float | None:
@@ -112,6 +114,14 @@ def test_the_drill_restores_every_set_and_reports_its_time(backed_up: Lab):
         assert metric(backed_up, ops, "cluster_backup_drill_success", f'set="{name}"') == 1
         assert metric(backed_up, ops, "cluster_backup_drill_duration_seconds", f'set="{name}"') > 0
     assert metric(backed_up, ops, "cluster_backup_check_success", 'repository="local"') == 1
+    report = next(
+        task["hosts"][ops]["msg"]
+        for play in run.data["plays"]
+        for task in play["tasks"]
+        if task["task"]["name"] == "Restore drill | Recovery time per set"
+    )
+    # Held to what each snapshot lists (restic ls): the CA set has its files, counted.
+    assert re.search(r"\bca: restored and verified [1-9]\d* files in [\d.]+ s", report), report
     # Every series the backup alerts read now exists and reaches Prometheus.
     rules = yaml.safe_load(backed_up.exec(ops, "cat /etc/prometheus/rules.d/backup.yml").stdout)
     used = set().union(*(promkit.metric_names(r["expr"]) for g in rules["groups"] for r in g["rules"]))

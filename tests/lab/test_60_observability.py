@@ -21,7 +21,8 @@ import time
 
 import pytest
 import yaml
-from conftest import ROOT, VAULT_PASS, Lab, _summary, quote, wait_for
+from conftest import ROOT, Lab, _summary, quote, wait_for
+from labkit import pki
 
 from tests.helpers.edge_client import EdgeClient
 from tests.promtool import promkit
@@ -124,8 +125,7 @@ def serving(converged: Lab, api_keys: dict[str, str], tmp_path_factory) -> Lab:
         assert run.rc == 0, _summary(run)
     if HAS_EDGE:
         edge = converged.hosts("edge")[0]
-        ca = tmp_path_factory.mktemp("edge") / "ca.crt"
-        ca.write_text(converged.exec(edge, "cat /etc/ssl/cluster/ca.crt").stdout)
+        ca = pki.fetch_ca(converged.topo, edge, tmp_path_factory.mktemp("edge") / "ca.crt")
         client = EdgeClient(converged.address(edge), edge, ca)
         chat = {"model": "standin", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello."}]}
         key = api_keys["lab-client"]
@@ -308,19 +308,6 @@ def test_an_endpoint_losing_readiness_alerts_the_receiver_and_resolves(serving: 
             start_standin(serving, gpu)
 
 
-def _lab_api_key() -> str:
-    """A client key of the edge, from the lab's vault-encrypted secrets."""
-
-    out = subprocess.run(
-        ["ansible-vault", "view", "--vault-password-file", str(VAULT_PASS),
-         str(ROOT / "inventories" / "lab" / "group_vars" / "all" / "secrets.vault.yml")],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    keys = yaml.safe_load(out)["cluster_secrets"]["edge_api_keys"]
-    key = next(iter(keys.values()))
-    return key[0] if isinstance(key, list) else key
-
-
 def _chat_through_the_edge(lab: Lab, key: str, n: int) -> list[int]:
     """n small chat completions through the edge (HTTPS, the lab's own CA not checked)."""
     import ssl  # noqa: PLC0415
@@ -348,11 +335,11 @@ def _chat_through_the_edge(lab: Lab, key: str, n: int) -> list[int]:
 
 @pytest.mark.skipif(not HAS_EDGE, reason="5xx is measured at the edge (mtail); the edge layer is not in this tree")
 @pytest.mark.skipif(HAS_SERVING, reason="the error switch used here is the stand-in fixture's")
-def test_serving_errors_raise_the_5xx_alert_at_the_webhook(serving: Lab, alert_sink):
+def test_serving_errors_raise_the_5xx_alert_at_the_webhook(serving: Lab, alert_sink, api_keys: dict[str, str]):
     """End to end: the stand-in answers 500 to every other generation -> the edge logs them
     -> mtail -> Prometheus -> ServingHttp5xxRatioHigh -> Alertmanager -> webhook. Test
     overlay: the alert's `for` is 0s."""
-    key = _lab_api_key()
+    key = api_keys["lab-client"]
     gpus = serving.hosts("gpu_nodes")
     with for_overlay(serving, "serving.yml", "ServingHttp5xxRatioHigh"):
         try:

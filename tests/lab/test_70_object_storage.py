@@ -17,7 +17,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from conftest import Lab, _summary, wait_for
-from labkit import s3
+from labkit import pki, s3
 
 MIB = 1024 * 1024
 BUCKET_TASK = "object_storage : Object storage | Buckets with versioning, object lock, lifecycle, policy and quota"
@@ -32,8 +32,8 @@ def storage(converged: Lab) -> str:
 
 
 @pytest.fixture(scope="module")
-def ca(converged: Lab, tmp_path_factory) -> object:
-    return s3.fetch_ca(converged.topo, tmp_path_factory.mktemp("s3") / "ca.crt")
+def ca(converged: Lab, storage: str, tmp_path_factory) -> object:
+    return pki.fetch_ca(converged.topo, storage, tmp_path_factory.mktemp("s3") / "ca.crt")
 
 
 @pytest.fixture(scope="module")

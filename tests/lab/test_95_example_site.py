@@ -19,6 +19,7 @@ import json
 import pytest
 import yaml
 from conftest import INVENTORY, ROOT, VAULT_PASS, Lab
+from labkit import pki
 from labkit.layout import KNOWN_HOSTS, SSH_KEY, STATE
 from toolkit.ansible_run import PlaybookRun, run_playbook
 
@@ -91,8 +92,7 @@ def test_the_example_site_converges(example: dict):
 def test_the_example_sites_client_key_gets_a_completion(example: dict, converged: Lab, tmp_path):
     assert example["runs"].get("converge") and example["runs"]["converge"].rc == 0
     edge = converged.hosts("edge")[0]
-    ca = tmp_path / "ca.crt"
-    ca.write_text(converged.exec(edge, "cat /etc/ssl/cluster/ca.crt").stdout)
+    ca = pki.fetch_ca(converged.topo, edge, tmp_path / "ca.crt")
     client = EdgeClient(converged.address(edge), "edge01", ca)
     key = example["secrets"]["edge_api_keys"]["my-first-client"]
     body = {"model": "standin-chat", "max_tokens": 4, "messages": [{"role": "user", "content": "Hello."}]}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from ansible.errors import AnsibleError
 from ansible.parsing.dataloader import DataLoader
@@ -49,7 +52,7 @@ def test_hashi_vault_backend_reads_the_value_field(monkeypatch):
     assert calls == [(["llm-cluster/edge_api_keys"], {"engine_mount_point": "kv"})]
 
 
-def _fake_vault(monkeypatch, secrets: dict, logins: list, reads: list):
+def _fake_vault(monkeypatch, run_dir, secrets: dict, logins: list, reads: list):
     """Doubles of community.hashi_vault's lookups, raising what the real ones raise against
     OpenBao 2.7 (molecule/vault runs the real server)."""
 
@@ -66,11 +69,12 @@ def _fake_vault(monkeypatch, secrets: dict, logins: list, reads: list):
     class FakeLogin:
         def run(self, terms, variables=None, **kwargs):
             logins.append(kwargs)
-            return [{"auth": {"client_token": f"token-{len(logins)}"}}]
+            return [{"auth": {"client_token": f"token-{len(logins)}", "lease_duration": 600}}]
 
     plugins = {"community.hashi_vault.vault_kv2_get": FakeKv2(), "community.hashi_vault.vault_login": FakeLogin()}
     monkeypatch.setattr(plugin.lookup_loader, "get", lambda name, **_: plugins[name])
-    monkeypatch.setattr(plugin, "_TOKENS", {})
+    # The run's own temporary directory on the controller, where the token is kept.
+    monkeypatch.setattr(plugin.C, "DEFAULT_LOCAL_TMP", str(run_dir))
 
 
 APPROLE = {
@@ -81,32 +85,63 @@ APPROLE = {
 }  # fmt: skip
 
 
-def test_hashi_vault_missing_secret_gives_the_default(monkeypatch):
-    _fake_vault(monkeypatch, {"llm-cluster/a": "1"}, [], [])
+def test_hashi_vault_missing_secret_gives_the_default(monkeypatch, tmp_path):
+    _fake_vault(monkeypatch, tmp_path, {"llm-cluster/a": "1"}, [], [])
     assert _lookup(APPROLE, "a", "missing", default="none") == ["1", "none"]
 
 
-def test_hashi_vault_missing_secret_without_default_names_the_path(monkeypatch):
-    _fake_vault(monkeypatch, {}, [], [])
+def test_hashi_vault_missing_secret_without_default_names_the_path(monkeypatch, tmp_path):
+    _fake_vault(monkeypatch, tmp_path, {}, [], [])
     with pytest.raises(AnsibleError, match=r"secret 'missing': reading secret/llm-cluster/missing from Vault failed"):
         _lookup(APPROLE, "missing")
 
 
-def test_hashi_vault_approle_logs_in_once_and_reads_with_the_token(monkeypatch):
+def test_hashi_vault_approle_logs_in_once_per_run_and_reads_with_the_token(monkeypatch, tmp_path):
     logins, reads = [], []
-    _fake_vault(monkeypatch, {"llm-cluster/a": "1", "llm-cluster/b": "2"}, logins, reads)
+    _fake_vault(monkeypatch, tmp_path, {"llm-cluster/a": "1", "llm-cluster/b": "2"}, logins, reads)
     assert _lookup(APPROLE, "a", "b") == ["1", "2"]
+    # A later task runs in another forked worker, with a new plugin instance: same token.
+    assert _lookup(APPROLE, "a") == ["1"]
     assert len(logins) == 1 and logins[0]["role_id"] == "r" and logins[0]["ca_cert"] == "/ca.crt"
-    assert reads == ["token-1", "token-1"]
+    assert reads == ["token-1", "token-1", "token-1"]
+    (token_file,) = [p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert re.fullmatch(r"cluster-secret-token-[0-9a-f]{16}", token_file.name)  # no credential in the name
 
 
-def test_hashi_vault_expired_token_logs_in_again(monkeypatch):
+def test_hashi_vault_token_about_to_expire_is_replaced(monkeypatch, tmp_path):
     logins, reads = [], []
-    _fake_vault(monkeypatch, {"llm-cluster/a": "1"}, logins, reads)
+    _fake_vault(monkeypatch, tmp_path, {"llm-cluster/a": "1"}, logins, reads)
+    _lookup(APPROLE, "a")
+    later = plugin.time.time() + 600 - plugin.TOKEN_MARGIN_S + 1
+    monkeypatch.setattr(plugin.time, "time", lambda: later)
+    _lookup(APPROLE, "a")
+    assert reads == ["token-1", "token-2"]
+
+
+def test_hashi_vault_revoked_token_logs_in_again(monkeypatch, tmp_path):
+    logins, reads = [], []
+    _fake_vault(monkeypatch, tmp_path, {"llm-cluster/a": "1"}, logins, reads)
     options = APPROLE["cluster_secrets_hashi_vault_options"]
-    plugin._TOKENS[plugin.LookupModule._token_key(options)] = "expired"
+    Path(plugin.LookupModule._token_file(options)).write_text('{"token": "expired", "expires": 9e18}')
     assert _lookup(APPROLE, "a") == ["1"]
     assert reads == ["expired", "token-1"]
+
+
+def test_hashi_vault_fresh_token_denied_is_not_retried(monkeypatch, tmp_path):
+    """A policy that denies the read fails at once, with no loop of logins."""
+    logins, reads = [], []
+    _fake_vault(monkeypatch, tmp_path, {}, logins, reads)
+    kv2 = plugin.lookup_loader.get("community.hashi_vault.vault_kv2_get")
+
+    def denied(terms, variables=None, **kwargs):
+        reads.append(kwargs.get("token"))
+        raise AnsibleError("Forbidden: Permission Denied to path ['secret/data/llm-cluster/a'].")
+
+    monkeypatch.setattr(kv2, "run", denied)
+    with pytest.raises(AnsibleError, match="Permission Denied"):
+        _lookup(APPROLE, "a")
+    assert len(logins) == 1 and reads == ["token-1"]
 
 
 def test_hashi_vault_refuses_unverified_tls():
