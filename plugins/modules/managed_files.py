@@ -51,7 +51,16 @@ options:
     default: []
     suboptions:
       path: {description: Absolute path., type: path, required: true}
-      content: {description: The whole content of the file (UTF-8)., type: str, required: true}
+      content:
+        description: The whole content of the file (UTF-8); this or O(files[].src).
+        type: str
+      src:
+        description:
+          - A regular file on the host whose bytes are the content (a copy kept in another
+            owner's or mode's place, such as a certificate another role wrote); this or
+            O(files[].content). In check mode a missing source counts as a change (the role
+            that writes it may not have run yet); otherwise it fails the task.
+        type: path
       owner: {description: User name or uid; default O(owner)., type: str}
       group: {description: Group name or gid; default O(group)., type: str}
       mode: {description: Octal mode (C("0644")); default O(mode)., type: raw}
@@ -270,7 +279,7 @@ def plan(params: dict[str, Any], check: bool = False) -> tuple[list[dict], list[
     files = []
     for item in params["files"]:
         entry = attributes(item, "file", params["mode"])
-        entry["content"] = item["content"].encode("utf-8", errors="surrogateescape")
+        entry["content"] = source(item, entry["path"], check)
         entry["validate"] = item.get("validate")
         if entry["validate"] and "%s" not in entry["validate"]:
             raise Refused(f"{entry['path']}: validate must contain %s (the new file): {entry['validate']!r}")
@@ -291,6 +300,26 @@ def plan(params: dict[str, Any], check: bool = False) -> tuple[list[dict], list[
         edits[path].append((pattern, item["line"]))
     absent = [claim(path, "absent path") for path in params["absent"]]
     return directories, files, edits, absent
+
+
+def source(item: dict, path: str, check: bool) -> bytes | None:
+    """A file's content: the task's text, or the bytes of a file on the host (None: a source
+    that is missing in check mode, so the file counts as changed)."""
+    if (item.get("content") is None) == (item.get("src") is None):
+        raise Refused(f"{path}: give either content or src")
+    if item.get("content") is not None:
+        return item["content"].encode("utf-8", errors="surrogateescape")
+    src = item["src"]
+    if not os.path.isabs(src):
+        raise Refused(f"{path}: src {src!r} must be an absolute path")
+    if not os.path.lexists(src):
+        if check:
+            return None
+        raise Refused(f"{path}: its source {src} does not exist")
+    if not stat.S_ISREG(os.stat(src).st_mode):
+        raise Refused(f"{path}: its source {src} is not a regular file")
+    with open(src, "rb") as handle:
+        return handle.read()
 
 
 def edit_lines(text: str, edits: list[tuple[re.Pattern, str]]) -> str:
@@ -419,6 +448,8 @@ class Run:
         content_changed = not exists or before != entry["content"]
         if content_changed:
             self.mark(path)
+            if entry["content"] is None:  # check mode, its source not there yet
+                return
             if self.want_diff:
                 self.diffs.append(self.content_diff(path, before if exists else b"", entry["content"]))
             if not self.check:
@@ -558,7 +589,12 @@ def main() -> None:
                 "type": "list",
                 "elements": "dict",
                 "default": [],
-                "options": {**ITEM_COMMON, "content": {"type": "str", "required": True}, "validate": {"type": "str"}},
+                "options": {
+                    **ITEM_COMMON,
+                    "content": {"type": "str"},
+                    "src": {"type": "path"},
+                    "validate": {"type": "str"},
+                },
             },
             "lines": {
                 "type": "list",

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from unittest import mock
 
 import ansible.module_utils
 import pytest
@@ -34,6 +35,20 @@ def load_plugin(relative: str | Path, name: str | None = None) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
+
+
+def action_with_probe(plugin: ModuleType, args: dict, probe: dict, module_result: dict):
+    """An action plugin of ours whose cheap probe (`_low_level_execute_command`) answers
+    `probe` and whose fallback module run (`_execute_module`) answers `module_result`; both
+    are mocks the test inspects (packages_present, services_running)."""
+    task = mock.MagicMock()
+    task.args = args
+    task.async_val = 0
+    task.check_mode = False
+    act = plugin.ActionModule(task, mock.MagicMock(), mock.MagicMock(), mock.MagicMock(), mock.MagicMock(), None)
+    act._low_level_execute_command = mock.MagicMock(return_value=probe)
+    act._execute_module = mock.MagicMock(return_value=module_result)
+    return act
 
 
 # The trtllm-serve test double on a loopback port (tests/unit/test_trtllm_standin.py and the

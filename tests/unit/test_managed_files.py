@@ -297,3 +297,29 @@ def test_lines_in_check_mode_and_on_a_missing_file(tmp_path, capsys):
     result = run(capsys, lines=missing)
     assert result["failed"] is True and "does not exist" in result["msg"]
     assert not (tmp_path / "nope").exists()
+
+
+def test_src_copies_a_file_of_the_host_with_its_own_attributes(tmp_path, capsys):
+    source = tmp_path / "pki/server.key"
+    source.parent.mkdir()
+    source.write_bytes(b"\x00key bytes\n")
+    source.chmod(0o600)
+    args = {
+        "directories": [{"path": str(tmp_path / "tls")}],
+        "files": [{"path": str(tmp_path / "tls/k"), "src": str(source), "mode": "0640"}],
+    }
+    assert run(capsys, **args)["changed_paths"] == [str(tmp_path / "tls"), str(tmp_path / "tls/k")]
+    assert (tmp_path / "tls/k").read_bytes() == b"\x00key bytes\n" and mode_of(tmp_path / "tls/k") == 0o640
+    assert run(capsys, **args)["changed"] is False
+    source.write_bytes(b"renewed\n")
+    assert run(capsys, **args)["changed_paths"] == [str(tmp_path / "tls/k")]
+    assert (tmp_path / "tls/k").read_bytes() == b"renewed\n"
+
+
+def test_a_missing_src_is_a_change_in_check_mode_and_an_error_otherwise(tmp_path, capsys):
+    args = {"files": [{"path": str(tmp_path / "k"), "src": str(tmp_path / "not-yet")}]}
+    assert run(capsys, check=True, diff=True, **args)["changed_paths"] == [str(tmp_path / "k")]
+    failed = run(capsys, **args)
+    assert failed["failed"] is True and "its source" in failed["msg"] and "does not exist" in failed["msg"]
+    both = run(capsys, files=[{"path": str(tmp_path / "k"), "src": str(tmp_path / "x"), "content": "y"}])
+    assert "either content or src" in both["msg"]
