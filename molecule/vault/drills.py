@@ -13,6 +13,9 @@ non-zero, which fails the step.
                         token generated from the TEST keyholders' shares (generate-root)
   drills.py autounseal  crash the static-seal node (AUTO_NODE); time until it serves again,
                         unsealed by itself, with no keyholder
+  drills.py snapshot-for-drill
+                        a snapshot by the timer's service on the active node, named for the
+                        snapshot_drill entry point (snapshot-drill-input.json: node, file)
 
 Environment: VAULT_NODES (name=address,...), AUTO_NODE (name=address), VAULT_CA, DRILLS_DIR (where results go, and
 credentials.json: the controller's AppRole and the TEST shares), GNUPGHOME (the TEST keyring).
@@ -202,13 +205,25 @@ def generate_root(node: str) -> str:
     )
 
 
-def restore() -> None:
-    node = active()
+def timer_snapshot(node: str) -> str:
+    """The timer's service saves a snapshot on the active node: its file."""
     subprocess.run(["docker", "exec", node, "systemctl", "start", f"{UNIT}-snapshot.service"], check=True)
-    listing = subprocess.run(
+    return subprocess.run(
         ["docker", "exec", node, "sh", "-c", f"ls -1t /var/backups/{UNIT}/raft-*.snap | head -1"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
+
+
+def snapshot_for_drill() -> None:
+    node = active()
+    Path(os.environ["DRILLS_DIR"], "snapshot-drill-input.json").write_text(
+        json.dumps({"node": node, "file": timer_snapshot(node)})
+    )
+
+
+def restore() -> None:
+    node = active()
+    listing = timer_snapshot(node)
     snapshot = subprocess.run(["docker", "exec", node, "cat", listing], check=True, capture_output=True).stdout
     token = controller_token(node)
     api(
@@ -267,10 +282,19 @@ def _healthy_cluster() -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("drill", choices=["secrets", "failover", "joined", "restore", "autounseal"])
+    parser.add_argument(
+        "drill", choices=["secrets", "failover", "joined", "restore", "autounseal", "snapshot-for-drill"]
+    )
     parser.add_argument("label", nargs="?", help="failover, joined: the name of the result (a drill run twice)")
     args = parser.parse_args()
-    drills = {"secrets": secrets, "failover": failover, "joined": joined, "restore": restore, "autounseal": autounseal}
+    drills = {
+        "secrets": secrets,
+        "failover": failover,
+        "joined": joined,
+        "restore": restore,
+        "autounseal": autounseal,
+        "snapshot-for-drill": snapshot_for_drill,
+    }
     drill = drills[args.drill]
     drill(args.label) if args.label else drill()
     return 0

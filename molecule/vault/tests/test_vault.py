@@ -183,6 +183,37 @@ def test_snapshots_are_kept_on_the_node_for_the_backup_layer():
 AUTO = "172.30.20.14"
 
 
+def test_the_snapshot_drill_brought_a_vault_back_with_the_live_canary():
+    # side_effect: the snapshot_drill entry point on the node whose timer saved the snapshot.
+    result = json.loads((DRILLS / "snapshot-drill.json").read_text())
+    assert result["skipped"] is False
+    assert result["snapshot"].startswith("/var/backups/openbao/raft-")
+    assert result["canary_matched"] is True
+    # Written once by the bootstrap (check-and-set 0), never overwritten since.
+    assert result["canary_version"] == result["live_canary_version"] == 1
+    assert len(result["canary_sha256"]) == 64
+    assert result["seconds"] > 0
+
+
+def test_the_snapshot_drill_refused_shares_that_are_not_the_clusters_and_the_live_node_served_on():
+    record = json.loads((DRILLS / "snapshot-drill-wrong-shares.json").read_text())
+    assert "failed at step 'unseal with the original cluster's shares'" in record["msg"], record
+    assert record["live_health_status"] in (200, 429), record
+
+
+def test_the_snapshot_drill_is_skipped_under_the_static_seal_and_says_why():
+    result = json.loads((DRILLS / "snapshot-drill-static.json").read_text())
+    assert result["skipped"] is True
+    assert "static" in result["reason"]
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_the_snapshot_drill_left_no_scratch_directory_and_no_server(node: str):
+    assert docker(node, "find", "/var/tmp", "-maxdepth", "1", "-name", "openbao-snapshot-drill-*") == ""
+    # The unit's server only (pgrep -x matches the process name, not the arguments).
+    assert docker(node, "pgrep", "-c", "-x", "bao").strip() == "1"
+
+
 def test_the_static_seal_node_was_initialised_with_encrypted_recovery_shares_only():
     status = api(AUTO, "sys/seal-status").json()
     assert status["type"] == "static" and status["recovery_seal"] and status["initialized"]
