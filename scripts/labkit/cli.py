@@ -255,6 +255,11 @@ def cmd_vault(_: argparse.Namespace) -> None:
     vault.hand_over(topology.load(TOPOLOGY))
 
 
+def cmd_drill(_: argparse.Namespace) -> None:
+    """The restore drill, Vault's snapshot included (the TEST keyholder gives the shares)."""
+    vault.drill()
+
+
 def cmd_status(_: argparse.Namespace) -> None:
     topo = topology.load(TOPOLOGY)
     up = engine.engine_answers()
@@ -302,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         "vault", help="after the first converge: unseal and bootstrap the lab's Vault, move the secrets into it"
     )
     hand.set_defaults(func=cmd_vault)
+    sub.add_parser(
+        "drill", help="the restore drill (playbooks/restore-drill.yml) with the lab keyholder's Vault shares"
+    ).set_defaults(func=cmd_drill)
     img = sub.add_parser("image", help="build lab images (cached by recipe hash)")
     img.add_argument("recipes", nargs="*", help=f"recipe names under scripts/labkit/images (default: {BASE_RECIPE})")
     img.add_argument("--force", action="store_true", help="rebuild even if the image is current")

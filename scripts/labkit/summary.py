@@ -182,6 +182,8 @@ def show(topo: topology.Topology, inventory: Path, vault_pass: Path, secrets_fil
     print("  the restore drill (restores and verifies every set of every host, reports recovery times):")
     drill = "ansible-playbook playbooks/restore-drill.yml -i inventories/lab"
     print(f"    ANSIBLE_VAULT_PASSWORD_FILE={vault_pass} {drill}")
+    print("  with Vault's snapshot started in a throwaway node too (the lab keyholder gives the unseal shares):")
+    print("    scripts/lab drill")
 
     print("\nNot installed in the lab, and why:")
     for what, why in NOT_IN_THE_LAB:

@@ -17,6 +17,7 @@ bootstraps it (roles/vault/README.md). For the lab:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,17 +170,15 @@ def _playbook(state: State, name: str, *args: str) -> None:
     progress.run_watched(argv, name, timeout=900)
 
 
-def hand_over(topo: topology.Topology, state: State = LAB) -> None:
-    """After the first converge: unseal, bootstrap, the lab's secrets into Vault, the backend switched."""
-    hosts = [h.name for h in topo.hosts if GROUP in h.groups]
-    if not hosts:
-        raise LabError(f"the lab has no host in group '{GROUP}' (inventories/lab/topology.yml)")
+@contextlib.contextmanager
+def keyholder_vars(state: State = LAB) -> Iterator[Path]:
+    """A variables file (0600, removed after use) with what the TEST keyholder decrypts from the
+    escrow: `vault_unseal_shares` and `vault_root_token`, as real keyholders type them at the
+    prompts (vault-unseal.yml, vault-bootstrap.yml) or give them with -e @file."""
     init = state.escrow / "init.json"
     if not init.exists():
         raise LabError(f"no {init.relative_to(layout.ROOT)}: converge the site first (make lab-converge)")
-    os.environ.setdefault("ANSIBLE_CONFIG", str(layout.ROOT / "ansible.cfg"))
     escrow = json.loads(init.read_text())
-    # The TEST keyholder's part: real keyholders decrypt theirs and type it at the prompts.
     typed = {
         "vault_unseal_shares": [_gpg(state, "--decrypt", stdin=base64.b64decode(s)).strip()
                                 for s in escrow["unseal_keys_pgp_b64"]],
@@ -188,12 +188,30 @@ def hand_over(topo: topology.Topology, state: State = LAB) -> None:
     try:
         with os.fdopen(fd, "w") as out:
             json.dump(typed, out)
-        _playbook(state, "vault-unseal.yml", "-e", f"@{path}")
-        _playbook(state, "vault-bootstrap.yml", "-e", f"@{path}")
+        yield Path(path)
     finally:
         os.unlink(path)
+
+
+def hand_over(topo: topology.Topology, state: State = LAB) -> None:
+    """After the first converge: unseal, bootstrap, the lab's secrets into Vault, the backend switched."""
+    hosts = [h.name for h in topo.hosts if GROUP in h.groups]
+    if not hosts:
+        raise LabError(f"the lab has no host in group '{GROUP}' (inventories/lab/topology.yml)")
+    os.environ.setdefault("ANSIBLE_CONFIG", str(layout.ROOT / "ansible.cfg"))
+    # The TEST keyholder's part: real keyholders decrypt theirs and type it at the prompts.
+    with keyholder_vars(state) as typed:
+        _playbook(state, "vault-unseal.yml", "-e", f"@{typed}")
+        _playbook(state, "vault-bootstrap.yml", "-e", f"@{typed}")
     pki.fetch_ca(topo, hosts[0], state.ca_copy)
     _playbook(state, "vault-import-secrets.yml")
     state.imported.write_text("The lab's secrets are in its Vault: cluster_secrets_backend is hashi_vault.\n")
     progress.info(f"Vault on {', '.join(hosts)}: unsealed, bootstrapped, holding the lab's secrets; "
                   "the site reads them from it now")  # fmt: skip
+
+
+def drill(state: State = LAB) -> None:
+    """The restore drill with the TEST keyholder's shares, so Vault's snapshot is drilled too."""
+    os.environ.setdefault("ANSIBLE_CONFIG", str(layout.ROOT / "ansible.cfg"))
+    with keyholder_vars(state) as typed:
+        _playbook(state, "restore-drill.yml", "-e", f"@{typed}")
