@@ -15,7 +15,7 @@ import re
 import pytest
 import yaml
 from conftest import ROOT, Lab, _summary, quote, wait_for
-from labkit import pki, s3
+from labkit import pki, s3, vault
 
 from tests.promtool import promkit
 
@@ -106,20 +106,34 @@ def test_restore_brings_back_a_deleted_managed_file(backed_up: Lab):
     assert backed_up.exec(host, f"sha256sum {path}").stdout.split()[0] == original
 
 
-def test_the_drill_restores_every_set_and_reports_its_time(backed_up: Lab):
-    run = backed_up.playbook(playbook=PLAYBOOKS / "restore-drill.yml")
+def task_messages(run, name: str) -> dict[str, str]:
+    """Each host's message of the task `name` in a playbook run."""
+    return {
+        host: result.get("msg", "")
+        for play in run.data["plays"]
+        for task in play["tasks"]
+        if task["task"]["name"] == name
+        for host, result in task["hosts"].items()
+    }
+
+
+def test_the_drill_restores_every_set_and_brings_vault_back_from_its_snapshot(backed_up: Lab):
+    # With the keyholder's shares, as `scripts/lab drill` gives them.
+    with vault.keyholder_vars() as shares:
+        run = backed_up.playbook("-e", f"@{shares}", playbook=PLAYBOOKS / "restore-drill.yml")
     assert run.rc == 0, _summary(run)
+    # The vault-snapshots backup's newest raft snapshot, restored into a throwaway node that
+    # the original shares unsealed, gave back the live cluster's canary.
+    reports = task_messages(run, "Restore drill | Vault | Recovery time")
+    node = backed_up.hosts("vault")[0]
+    assert re.search(r"raft-\S+\.snap brought a Vault back in [\d.]+ s \(canary version 1 matches", reports[node]), reports
+    assert backed_up.exec(node, "ls -d /tmp/drill-vault-* 2>/dev/null", check=False).stdout == ""
     ops = backed_up.hosts("ops")[0]
     for name in ("config", "ca"):
         assert metric(backed_up, ops, "cluster_backup_drill_success", f'set="{name}"') == 1
         assert metric(backed_up, ops, "cluster_backup_drill_duration_seconds", f'set="{name}"') > 0
     assert metric(backed_up, ops, "cluster_backup_check_success", 'repository="local"') == 1
-    report = next(
-        task["hosts"][ops]["msg"]
-        for play in run.data["plays"]
-        for task in play["tasks"]
-        if task["task"]["name"] == "Restore drill | Recovery time per set"
-    )
+    report = task_messages(run, "Restore drill | Recovery time per set")[ops]
     # Held to what each snapshot lists (restic ls): the CA set has its files, counted.
     assert re.search(r"\bca: restored and verified [1-9]\d* files in [\d.]+ s", report), report
     # Every series the backup alerts read now exists and reaches Prometheus.
