@@ -1,5 +1,5 @@
 #!/usr/bin/python
-"""Module: a compact, restorable LUKS2 header backup (for escrow on the controller)."""
+"""Module: a compact, restorable LUKS2 header backup (for escrow on the controller, and a copy on the host)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,23 @@ description:
     information.
   - O(dest) is written with mode 0400, owned by O(owner) when given (so the login user can
     fetch it without a base64 module reply).
-  - Always reports changed (it writes O(dest)); the role runs it only when the header changed.
+  - O(copy) gets the same bytes, owned by root with mode 0400, in a directory created root
+    only (0700) when missing: the host's own copy, which the backup role's C(luks-headers) set
+    keeps in restic.
+  - Always reports changed (it writes what it was given); the role runs it only when the
+    header changed or the host's copy is missing or out of date.
 options:
   device:
     description: The LUKS2 device.
     type: path
     required: true
   dest:
-    description: Where the gzip'd backup goes.
+    description: Where the gzip'd backup goes for the controller to fetch. At least one of
+      O(dest) and O(copy) is needed.
     type: path
-    required: true
+  copy:
+    description: Where the host keeps its own copy (root, 0400).
+    type: path
   owner:
     description: Owner of O(dest) and its directory; empty means the user sudo ran the
       module for (C(SUDO_USER)), or root without sudo.
@@ -42,8 +49,12 @@ keyslots:
   type: list
   returned: success
 size:
-  description: Size of O(dest) in bytes.
+  description: Size of the gzip'd backup in bytes.
   type: int
+  returned: success
+written:
+  description: The paths written (O(dest) and O(copy), those given).
+  type: list
   returned: success
 """
 
@@ -100,15 +111,32 @@ def compact(image: bytearray) -> list[str]:
     return sorted(meta.get("keyslots", {}))
 
 
+def write_private(path: str, data: bytes, uid: int | None = None, gid: int | None = None) -> None:
+    """Write data to path, mode 0400 (its directory made 0700 when missing), replaced atomically."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+    with os.fdopen(fd, "wb") as out:
+        # A .part left by an interrupted run keeps its old mode through O_CREAT: set it here.
+        os.fchmod(out.fileno(), 0o400)
+        if uid is not None:
+            os.fchown(out.fileno(), uid, gid)
+        out.write(data)
+    os.replace(path + ".part", path)
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "device": {"type": "path", "required": True},
-            "dest": {"type": "path", "required": True},
+            "dest": {"type": "path"},
+            "copy": {"type": "path"},
             "owner": {"type": "str", "default": ""},
         },
         supports_check_mode=False,
     )
+    dest, copy = module.params["dest"], module.params["copy"]
+    if not dest and not copy:
+        module.fail_json(msg="luks_header_backup: give dest, copy or both (where the backup goes)")
     cryptsetup = module.get_bin_path("cryptsetup", required=True)
     tmp = tempfile.mkdtemp(prefix="luks-header-", dir="/run" if os.path.isdir("/run") else None)
     try:
@@ -123,24 +151,27 @@ def main() -> None:
             kept = compact(image)
         except (ValueError, KeyError) as exc:
             module.fail_json(msg=f"{module.params['device']}: cannot read the LUKS2 header backup: {exc}")
-        dest = module.params["dest"]
-        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-        fd = os.open(dest + ".part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
-        with os.fdopen(fd, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
-            gz.write(image)
-        os.replace(dest + ".part", dest)
-        owner = module.params["owner"] or os.environ.get("SUDO_USER", "")
-        if owner:
-            user = pwd.getpwnam(owner)
-            os.chown(os.path.dirname(dest), user.pw_uid, user.pw_gid)
-            os.chown(dest, user.pw_uid, user.pw_gid)
+        # One compression for both paths: the host's copy is byte for byte what the controller escrows.
+        data = gzip.compress(bytes(image), mtime=0)
+        written = []
+        if dest:
+            owner = module.params["owner"] or os.environ.get("SUDO_USER", "")
+            user = pwd.getpwnam(owner) if owner else None
+            write_private(dest, data, *((user.pw_uid, user.pw_gid) if user else ()))
+            if user:
+                os.chown(os.path.dirname(dest), user.pw_uid, user.pw_gid)
+            written.append(dest)
+        if copy:
+            write_private(copy, data, 0, 0)
+            written.append(copy)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     module.exit_json(
         changed=True,
         header_sha256=hashlib.sha256(bytes(image[:BINARY_HEADER])).hexdigest(),
         keyslots=kept,
-        size=os.path.getsize(dest),
+        size=len(data),
+        written=written,
     )
 
 

@@ -71,6 +71,11 @@ options:
     type: list
     elements: str
     default: []
+  header_copy_dir:
+    description: Directory (root, 0700) of the host's copies of the header backups,
+      C(<name>.header.gz) (root, 0400); empty skips these checks.
+    type: path
+    default: ""
 """
 
 RETURN = r"""
@@ -117,7 +122,10 @@ stale:
   description: What differs from the desired state, so the role runs only those tasks -
     keydir (bool), keyfiles and stray_keyfiles (volume names), dropin_dirs and dropins
     (paths), mount_roots (volumes not mounted from their mapping or with another owner,
-    group or mode), units (not enabled and active); and what is there now -
+    group or mode), units (not enabled and active), header_copy_dir (bool), header_copies
+    (volumes whose host copy of the header backup is missing, not root 0400, or not of the
+    device's current header), stray_header_copies (copies of volumes no longer listed); and
+    what is there now -
     crypttab_block (the lines of the managed block, or null), fstab (mount point -> its
     six fields) and mounted (mount point -> mounted source, or null).
   type: dict
@@ -127,6 +135,7 @@ stale:
 import datetime
 import glob
 import grp
+import gzip
 import hashlib
 import json
 import os
@@ -138,6 +147,7 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 
+BINARY_HEADER = 4096  # LUKS2's primary binary header: the part whose checksum the role compares
 SIGNATURE_NAMES = {
     "PMBR": "a protective MBR (PMBR)",
     "gpt": "a GPT partition table (gpt)",
@@ -298,7 +308,7 @@ class Prober:
         # The primary binary header holds the metadata's sequence number and checksum, so it
         # changes with every keyslot or token change.
         with open(device, "rb") as handle:
-            info["header_sha256"] = hashlib.sha256(handle.read(4096)).hexdigest()
+            info["header_sha256"] = hashlib.sha256(handle.read(BINARY_HEADER)).hexdigest()
         return info
 
     def opens(self, device: str, key: str | None) -> bool:
@@ -450,6 +460,43 @@ def stale_state(module: AnsibleModule, volumes: list[dict[str, Any]], keys: dict
     return out
 
 
+def copy_header_sha256(path: str) -> str | None:
+    """SHA-256 of the primary binary header inside a gzip'd header backup, or None if unreadable.
+
+    Only the first 4 KiB are decompressed: a no-op run stays cheap.
+    """
+    try:
+        with gzip.open(path, "rb") as handle:
+            first = handle.read(BINARY_HEADER)
+    except (OSError, EOFError):
+        return None
+    return hashlib.sha256(first).hexdigest() if len(first) == BINARY_HEADER else None
+
+
+def header_copy_state(
+    directory: str, volumes: list[dict[str, Any]], probes: dict[str, Any], owner: str = "root", group: str = "root"
+) -> dict[str, Any]:
+    """Which host copies of the header backups the role must write or remove (read-only).
+
+    A copy is due when it is missing, has another owner or mode, or holds another header than
+    the device's (its binary header, with the metadata's sequence number, differs).
+    """
+    out: dict[str, Any] = {"header_copy_dir": False, "header_copies": [], "stray_header_copies": []}
+    if not directory:
+        return out
+    out["header_copy_dir"] = not matches(directory, owner=owner, group=group, mode="0700", directory=True)
+    wanted = set()
+    for vol in volumes:
+        path = os.path.join(directory, f"{vol['name']}.header.gz")
+        wanted.add(path)
+        device_sha = ((probes.get(vol["name"]) or {}).get("luks") or {}).get("header_sha256")
+        current = matches(path, owner=owner, group=group, mode="0400", directory=False)
+        if not (current and device_sha and copy_header_sha256(path) == device_sha):
+            out["header_copies"].append(vol["name"])
+    out["stray_header_copies"] = sorted(p for p in glob.glob(os.path.join(directory, "*.header.gz")) if p not in wanted)
+    return out
+
+
 def installed(module: AnsibleModule, command: str) -> bool:
     if command.startswith("/"):
         return os.access(command, os.X_OK)
@@ -470,6 +517,7 @@ def main() -> None:
             "dropins": {"type": "list", "elements": "dict", "default": []},
             "crypttab_marker": {"type": "str", "default": "# {mark} ANSIBLE MANAGED BLOCK"},
             "units": {"type": "list", "elements": "str", "default": []},
+            "header_copy_dir": {"type": "path", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -518,7 +566,8 @@ def main() -> None:
         today=today.isoformat(),
         missing_packages=missing,
         dropins=dropins,
-        stale=stale_state(module, module.params["volumes"], module.params["keys"]),
+        stale=stale_state(module, module.params["volumes"], module.params["keys"])
+        | header_copy_state(module.params["header_copy_dir"], module.params["volumes"], volumes),
     )
 
 

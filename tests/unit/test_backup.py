@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
+import yaml
 from ansible.errors import AnsibleFilterError
-from conftest import load_plugin
+from conftest import ROOT, load_plugin
 
 filters = load_plugin("plugins/filter/backup.py")
 KEY = "k" * 48
@@ -37,3 +40,34 @@ def test_set_file_and_copies():
     }
     copies = filters.backup_copy_repositories([{"name": "offsite", "repository": "/mnt/r/{host}"}], "ops1")
     assert copies == [{"name": "offsite", "repository": "/mnt/r/ops1"}]
+
+
+def _defaults(role: str) -> dict:
+    return yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text())
+
+
+def test_the_luks_headers_set_backs_up_the_luks_roles_documented_directory():
+    """The contract between the roles: the set names the luks role's luks_header_copy_dir."""
+    (headers,) = [s for s in _defaults("backup")["backup_sets"] if s["name"] == "luks-headers"]
+    directory = _defaults("luks")["luks_header_copy_dir"]
+    assert headers["paths"] == [directory]
+    # Every host: the luks play's group of LUKS hosts exists only in a run that ran that play.
+    assert headers["groups"] == ["all"]
+    assert headers["keep"] == {"daily": 30, "monthly": 24}
+
+
+def test_the_luks_headers_set_makes_its_directory_where_the_luks_role_did_not(tmp_path):
+    """Its `before`, run as the backup program runs it (/bin/sh -c), on a scratch path: a
+    missing directory is made root-only, an existing one (the luks role's) is left as it is."""
+    (headers,) = [s for s in _defaults("backup")["backup_sets"] if s["name"] == "luks-headers"]
+    (directory,) = headers["paths"]
+    scratch = tmp_path / "var" / "backups" / "luks-headers"
+    before = headers["before"].replace(directory, str(scratch))
+    assert before != headers["before"]  # the command names the set's path
+    subprocess.run(["/bin/sh", "-c", before], check=True)
+    assert scratch.is_dir() and scratch.stat().st_mode & 0o777 == 0o700
+    (scratch / "models.header.gz").write_bytes(b"kept")
+    scratch.chmod(0o750)
+    subprocess.run(["/bin/sh", "-c", before], check=True)
+    assert (scratch / "models.header.gz").read_bytes() == b"kept"
+    assert scratch.stat().st_mode & 0o777 == 0o750

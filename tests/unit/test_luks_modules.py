@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import grp
+import gzip
+import hashlib
 import importlib.util
 import json
+import os
+import pwd
 import struct
 import sys
 from pathlib import Path
@@ -173,3 +178,80 @@ def test_managed_block_between_markers():
     text = "# other\nold x y\n# BEGIN luks\nmodels UUID=1 none luks\n# END luks\ntail\n"
     assert plan.managed_block(text, "# {mark} luks") == ["models UUID=1 none luks"]
     assert plan.managed_block("nothing\n", "# {mark} luks") is None
+
+
+# --- The host's copies of the header backups (luks_header_copy_dir) ---------------------------
+
+
+def _me() -> dict:
+    return {"owner": pwd.getpwuid(os.getuid()).pw_name, "group": grp.getgrgid(os.getgid()).gr_name}
+
+
+def _copy(directory: Path, name: str, image: bytes, mode: int = 0o400) -> Path:
+    path = directory / f"{name}.header.gz"
+    backup.write_private(str(path), gzip.compress(image, mtime=0))
+    path.chmod(mode)
+    return path
+
+
+def _probes(**sha: str | None) -> dict:
+    return {name: {"luks": {"header_sha256": value} if value else None} for name, value in sha.items()}
+
+
+def test_host_copies_that_match_the_device_need_nothing(tmp_path):
+    copies = tmp_path / "luks-headers"
+    image = bytes(_header({}))
+    _copy(copies, "models", image)
+    copies.chmod(0o700)
+    vols = [{"name": "models"}]
+    sha = hashlib.sha256(image[:4096]).hexdigest()
+    state = plan.header_copy_state(str(copies), vols, _probes(models=sha), **_me())
+    assert state == {"header_copy_dir": False, "header_copies": [], "stray_header_copies": []}
+    assert plan.copy_header_sha256(str(copies / "models.header.gz")) == sha
+
+
+def test_host_copies_missing_stale_unreadable_or_open_to_others_are_rewritten(tmp_path):
+    copies = tmp_path / "luks-headers"
+    image = bytes(_header({}))
+    sha = hashlib.sha256(image[:4096]).hexdigest()
+    _copy(copies, "models", image, mode=0o444)  # readable by all
+    other = bytearray(image)
+    other[64:72] = struct.pack(">Q", 7)  # another sequence number: the header before a rotation
+    _copy(copies, "cache", bytes(other))
+    (copies / "scratch.header.gz").write_bytes(b"not gzip")
+    (copies / "scratch.header.gz").chmod(0o400)
+    copies.chmod(0o755)
+    vols = [{"name": n} for n in ("models", "cache", "scratch", "fresh")]
+    state = plan.header_copy_state(str(copies), vols, _probes(models=sha, cache=sha, scratch=sha, fresh=None), **_me())
+    assert state["header_copies"] == ["models", "cache", "scratch", "fresh"]
+    assert state["header_copy_dir"]  # 0755, not 0700
+    assert plan.copy_header_sha256(str(copies / "scratch.header.gz")) is None
+
+
+def test_copies_of_volumes_no_longer_listed_are_stray(tmp_path):
+    copies = tmp_path / "luks-headers"
+    _copy(copies, "models", b"x" * 4096)
+    _copy(copies, "gone", b"x" * 4096)
+    (copies / "notes.txt").write_text("not ours")
+    state = plan.header_copy_state(str(copies), [{"name": "models"}], {}, **_me())
+    assert state["stray_header_copies"] == [str(copies / "gone.header.gz")]
+    assert plan.header_copy_state("", [{"name": "models"}], {}) == {
+        "header_copy_dir": False,
+        "header_copies": [],
+        "stray_header_copies": [],
+    }
+
+
+def test_private_write_replaces_a_file_and_leaves_it_0400(tmp_path):
+    path = tmp_path / "new" / "models.header.gz"
+    (tmp_path / "new").mkdir(mode=0o755)
+    (tmp_path / "new" / "models.header.gz.part").write_bytes(b"left by a crash")
+    (tmp_path / "new" / "models.header.gz.part").chmod(0o644)
+    backup.write_private(str(path), b"first")
+    backup.write_private(str(path), b"second")  # over a 0400 file
+    assert path.read_bytes() == b"second"
+    assert path.stat().st_mode & 0o777 == 0o400
+    assert not (tmp_path / "new" / "models.header.gz.part").exists()
+    made = tmp_path / "made" / "cache.header.gz"
+    backup.write_private(str(made), b"x")
+    assert made.parent.stat().st_mode & 0o777 == 0o700

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ HOST = "metal-node"
 ADMIN = "labadmin"  # scripts/labkit/vm.py ADMIN_USER
 VM_STATE = EPHEMERAL / "vm" / HOST
 ESCROW = EPHEMERAL / "luks-escrow" / HOST
+HEADER_COPIES = "/var/backups/luks-headers"  # the luks role's luks_header_copy_dir (its default)
 KEY_1 = "test-models-key-1"
 KEY_2 = "test-models-key-2"
 CACHE_KEY = "test-cache-recovery-key-1"
@@ -223,6 +225,12 @@ def escrowed_header(volume: str) -> bytes:
     vault = VaultLib([("luks_header_backup", VaultSecret(ESCROW_SECRET.encode()))])
     plain = vault.decrypt((ESCROW / f"{volume}.header.vault").read_bytes())
     return gzip.decompress(base64.b64decode(plain))
+
+
+def host_copy_matches_escrow(host, volume: str) -> bool:
+    """Is the host's copy of the volume's header byte for byte the header the controller escrowed?"""
+    on_host = sh(host, f"gunzip -c {HEADER_COPIES}/{volume}.header.gz | sha256sum").stdout.split()[0]
+    return on_host == hashlib.sha256(escrowed_header(volume)).hexdigest()
 
 
 def header_opens(host, volume: str, device: str, key: str) -> bool:

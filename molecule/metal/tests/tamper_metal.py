@@ -22,6 +22,7 @@ from conftest import (
     DEV,
     ESCROW,
     ESCROW_SECRET,
+    HEADER_COPIES,
     HOST,
     KEY_1,
     KEY_2,
@@ -35,6 +36,7 @@ from conftest import (
     check_os_tuning_live,
     failure_text,
     header_opens,
+    host_copy_matches_escrow,
     luks_meta,
     model_sha,
     opens,
@@ -162,6 +164,9 @@ def test_rotation_escrows_the_new_header(host, rotation_run):
     assert (ESCROW / "models.header.sha256").read_text() != STATE["escrow_before"]
     assert header_opens(host, "models", DEV + "fresh", KEY_2)
     assert not header_opens(host, "models", DEV + "fresh", KEY_1)
+    # The host's copy follows: the new header, as escrowed; the new volume has its copy too.
+    assert host_copy_matches_escrow(host, "models")
+    assert host_copy_matches_escrow(host, "scratch")
 
 
 def test_force_format_erases_an_occupied_disk_on_request(host, rotation_run):
@@ -251,11 +256,23 @@ def test_boot_with_the_key_missing_leaves_the_volume_closed(host, tmp_path):
 
 
 def test_a_run_brings_the_volumes_back(host, tmp_path):
-    """Once the key (from the secrets) and tang are back, one run of the role reopens both."""
+    """Once the key (from the secrets) and tang are back, one run of the role reopens both.
+
+    The same run repairs the host's header copies: one deleted comes back, and the copy of a
+    volume no longer listed (planted here) is removed.
+    """
     sh(host, "systemctl enable --now tangd.socket")
+    sh(host, f"cd {HEADER_COPIES} && rm cache.header.gz && cp scratch.header.gz gone.header.gz")
     extra = {"cluster_secrets": secrets(KEY_2), "luks_volumes": volumes(SCRATCH)}
     run = playbook(tmp_path, "security.yml", extra, *LUKS_ONLY)
     assert run.rc == 0, run.failures()
+    assert sorted(sh(host, f"ls {HEADER_COPIES}").stdout.split()) == [
+        "cache.header.gz",
+        "models.header.gz",
+        "scratch.header.gz",
+    ]
+    assert sh(host, f"stat -c '%U %G %a' {HEADER_COPIES}/cache.header.gz").stdout.split() == ["root", "root", "400"]
+    assert host_copy_matches_escrow(host, "cache")
     assert sh(host, "cat /etc/cryptsetup-keys.d/models.key").stdout == KEY_2
     assert host.mount_point("/srv/models").device == "/dev/mapper/models"
     assert host.mount_point("/srv/cache").device == "/dev/mapper/cache"

@@ -1,7 +1,7 @@
 """Kernel-level behaviour of the converged VM, read only (molecule verify): os_tuning's live
 values and the kernel command line waiting for a reboot, host_hardening's kernel side
 (auditd, process accounting, live sysctls, the module blacklist), the LUKS volumes, crypttab,
-the clevis binding and the escrowed headers. What needs the VM changed (refusals, rotation,
+the clevis binding, the escrowed headers and the host's copies of them. What needs the VM changed (refusals, rotation,
 reboots) is tests/tamper_metal.py, run after this by the side_effect step.
 """
 
@@ -14,11 +14,13 @@ from conftest import (
     CACHE_KEY,
     DEV,
     ESCROW,
+    HEADER_COPIES,
     KEY_1,
     check_hardening_live,
     check_os_tuning_live,
     escrowed_header,
     header_opens,
+    host_copy_matches_escrow,
     luks_meta,
     opens,
     sh,
@@ -118,3 +120,20 @@ def test_headers_are_escrowed_encrypted(host):
     assert len(raw) < 4 * 1024 * 1024  # compact: unused keyslot areas are not kept
     assert header_opens(host, "models", DEV + "fresh", KEY_1)
     assert header_opens(host, "cache", DEV + "clevis", CACHE_KEY)
+
+
+def test_each_volume_keeps_a_root_only_copy_of_its_header_on_the_host(host):
+    assert sh(host, f"stat -c '%U %G %a' {HEADER_COPIES}").stdout.split() == ["root", "root", "700"]
+    assert sorted(sh(host, f"ls {HEADER_COPIES}").stdout.split()) == ["cache.header.gz", "models.header.gz"]
+    for volume, device in (("models", DEV + "fresh"), ("cache", DEV + "clevis")):
+        path = f"{HEADER_COPIES}/{volume}.header.gz"
+        assert sh(host, f"stat -c '%U %G %a' {path}").stdout.split() == ["root", "root", "400"], volume
+        # A real header of this volume: cryptsetup reads the unpacked copy (a scratch file,
+        # removed) and finds the device's UUID.
+        dump = sh(host, f"t=$(mktemp) && gunzip -c {path} > $t && cryptsetup luksDump $t; rc=$?; rm -f $t; exit $rc")
+        uuid = sh(host, f"cryptsetup luksUUID {device}").stdout.strip()
+        assert re.search(r"^UUID:\s+(\S+)$", dump.stdout, re.M).group(1) == uuid, volume
+        assert re.search(r"^Version:\s+2$", dump.stdout, re.M), volume
+        # The same bytes as the controller's escrow (which test_headers_are_escrowed_encrypted
+        # opens the volume with).
+        assert host_copy_matches_escrow(host, volume), volume
