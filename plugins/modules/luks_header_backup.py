@@ -16,7 +16,7 @@ description:
   - O(dest) is written with mode 0400, owned by O(owner) when given (so the login user can
     fetch it without a base64 module reply).
   - O(copy) gets the same bytes, owned by root with mode 0400, in a directory created root
-    only (0700) when missing: the host's own copy, which the backup role's C(luks-headers) set
+    only (0700) when missing. It is the host's own copy, which the backup role's C(luks-headers) set
     keeps in restic.
   - Always reports changed (it writes what it was given); the role runs it only when the
     header changed or the host's copy is missing or out of date.
